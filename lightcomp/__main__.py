@@ -1,0 +1,7 @@
+"""``python -m lightcomp``: the same command as ``lightcomp``."""
+
+import sys
+
+from lightcomp.cli import main
+
+sys.exit(main())
