@@ -1,20 +1,64 @@
 """lightcomp: pruning, quantization-aware training, weight sharing and knowledge
 distillation as pure JAX functions over parameter pytrees."""
 
-from lightcomp import data, models, transform, tree
-from lightcomp.transform import Learned, Transform, chain, combine, identity, partition
+from lightcomp import (
+    checkpoint,
+    cluster,
+    data,
+    demo,
+    distill,
+    export,
+    models,
+    parallel,
+    prune,
+    quant,
+    train,
+    transform,
+    tree,
+)
+from lightcomp.transform import (
+    FakeQuantState,
+    Learned,
+    PruningState,
+    Transform,
+    WeightSharingState,
+    chain,
+    combine,
+    fake_quantization,
+    identity,
+    masks_of,
+    partition,
+    pruning,
+    weight_sharing,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FakeQuantState",
     "Learned",
+    "PruningState",
     "Transform",
+    "WeightSharingState",
     "chain",
+    "checkpoint",
+    "cluster",
     "combine",
     "data",
+    "demo",
+    "distill",
+    "export",
+    "fake_quantization",
     "identity",
+    "masks_of",
     "models",
+    "parallel",
     "partition",
+    "prune",
+    "pruning",
+    "quant",
+    "train",
     "transform",
     "tree",
+    "weight_sharing",
 ]

@@ -1,0 +1,309 @@
+"""The LeNet-300-100 distillation step in lightcomp and in the tools people use today.
+
+One step of knowledge distillation (student 784-300-100-10, frozen teacher
+784-1200-1200-10, batch 256, SGD with momentum 0.9) in three variants:
+
+  (a) the plain student cross-entropy step;
+  (b) (a) + the frozen teacher and the KD loss 0.5 CE + 0.5 T^2 KL (T = 4);
+  (c) (b) + a fixed 50% magnitude mask + 8-bit symmetric per-output-channel
+      weight fake quantization (STE), pruned weights kept at 0.
+
+Implementations, each in its own process, timed in the same run and
+interleaved round by round so that the machine's load hits them alike:
+
+  - lightcomp: ``lightcomp.train.make_step`` with ``chain(pruning, fake_quantization)``;
+  - jax: the same step written by hand with JAX + optax, one ``jax.jit``;
+  - tfmot: TensorFlow + TensorFlow Model Optimization (``prune_low_magnitude``,
+    then pruning-preserving quantization-aware training with a per-channel
+    weight quantizer), ``tf.function``; tfmot-xla: the same compiled by XLA;
+  - torch: PyTorch (``torch.nn.utils.prune`` + ``torch.ao`` per-channel
+    ``FakeQuantize`` on ``torch.ao.nn.qat.Linear``), eager.
+
+The peers are optional: ``--setup`` creates one virtual environment per peer
+(under ``--venv-dir``) and installs it there; a peer that is not installed is
+reported as such and the others are still measured. Inputs are random (the
+same seed everywhere): a step's time does not depend on the data.
+
+Usage::
+
+    python benchmarks/bench_peers.py --setup     # create the peers' environments (downloads)
+    python benchmarks/bench_peers.py             # measure
+    python benchmarks/bench_peers.py --quick     # a few steps, to check that it works
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORKERS = HERE / "peers"
+# benchmarks/.peers/<venv>/ (git-ignored), or wherever LIGHTCOMP_PEERS_DIR says
+DEFAULT_VENV_DIR = Path(os.environ.get("LIGHTCOMP_PEERS_DIR", HERE / ".peers"))
+
+# What each peer's environment installs. torch==2.13.0 is the CPU build; TensorFlow
+# Model Optimization needs Keras 2, which TensorFlow >= 2.16 ships as tf-keras.
+PEERS: dict[str, dict] = {
+    "tfmot": {
+        "venv": "tfmot",
+        "packages": ["tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"],
+        "worker": "tfmot_step.py",
+        "args": [],
+        "env": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        "label": "TF + tfmot (prune_low_magnitude, then PQAT), tf.function graph",
+    },
+    "tfmot-xla": {
+        "venv": "tfmot",
+        "packages": ["tensorflow", "tf-keras", "tensorflow-model-optimization", "numpy"],
+        "worker": "tfmot_step.py",
+        "args": ["--xla"],
+        "env": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        "label": "the same, tf.function(jit_compile=True) (XLA)",
+    },
+    "torch": {
+        "venv": "torch",
+        "packages": ["torch==2.13.0", "numpy"],
+        "worker": "torch_step.py",
+        "args": [],
+        "env": {},
+        "label": "PyTorch (nn.utils.prune + torch.ao FakeQuantize), eager",
+    },
+}
+LOCAL = {
+    "lightcomp": {"worker": "lightcomp_step.py", "label": "lightcomp (make_step + chain)"},
+    "jax": {"worker": "jax_step.py", "label": "JAX + optax by hand, one jit"},
+}
+VARIANTS = ("a", "b", "c")
+
+
+def _venv_python(venv_dir: Path, peer: str) -> Path:
+    return venv_dir / PEERS[peer]["venv"] / "bin" / "python"
+
+
+def setup(venv_dir: Path, peers: list[str]) -> dict[str, str]:
+    """Creates (or updates) one virtual environment per peer; returns peer -> 'ok ...' or why not."""
+    status: dict[str, str] = {}
+    done: dict[str, str] = {}
+    for peer in peers:
+        venv = PEERS[peer]["venv"]
+        if venv in done:
+            status[peer] = done[venv]
+            continue
+        env_path = venv_dir / venv
+        print(f"[setup] {peer}: creating {env_path}", flush=True)
+        try:
+            base = getattr(sys, "_base_executable", sys.executable)
+            subprocess.run([base, "-m", "venv", str(env_path)], check=True)
+            pip = [str(_venv_python(venv_dir, peer)), "-m", "pip", "install", "--quiet"]
+            subprocess.run([*pip, "--upgrade", "pip"], check=True)
+            print(f"[setup] {peer}: pip install {' '.join(PEERS[peer]['packages'])}", flush=True)
+            subprocess.run([*pip, *PEERS[peer]["packages"]], check=True)
+            probe = _probe(venv_dir, peer)
+            if probe is None:
+                raise RuntimeError("installed, but the worker's imports fail")
+            status[peer] = "ok: " + probe
+        except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
+            status[peer] = f"FAILED: {e}"
+        done[venv] = status[peer]
+        print(f"[setup] {peer}: {status[peer]}", flush=True)
+    return status
+
+
+def _probe(venv_dir: Path, peer: str) -> str | None:
+    """Versions string if the peer's environment imports, else None."""
+    python = _venv_python(venv_dir, peer)
+    if not python.exists():
+        return None
+    env = {**os.environ, **PEERS[peer]["env"]}
+    try:
+        out = subprocess.run(
+            [str(python), str(WORKERS / PEERS[peer]["worker"]), "--versions"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip().splitlines()[-1]
+
+
+class Worker:
+    """A step-timing process that answers one JSON request per line on stdin."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], label: str):
+        self.name, self.label = name, label
+        # stderr to a file: a chatty worker (TensorFlow's logs) must never fill a pipe and stall
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            env={**os.environ, **env},
+            bufsize=1,
+        )
+        self.info: dict = {}
+
+    def wait_ready(self) -> None:
+        """Blocks until the worker has compiled and warmed up its steps."""
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.proc.wait()
+                self.stderr.seek(0)
+                err = self.stderr.read()
+                raise RuntimeError(f"{self.name} worker exited: {err.strip()[-2000:]}")
+            line = line.strip()
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def time(self, variant: str, iters: int) -> float:
+        self.proc.stdin.write(json.dumps({"variant": variant, "iters": iters}) + "\n")
+        self.proc.stdin.flush()
+        return float(self._read()["ms"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.stderr.close()
+
+
+def _worker_argv(
+    python: str, worker: str, args: argparse.Namespace, extra: list[str] | None = None
+) -> list[str]:
+    return [
+        python,
+        str(WORKERS / worker),
+        *(extra or []),
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setup", action="store_true", help="create the peers' environments first")
+    parser.add_argument("--venv-dir", type=Path, default=DEFAULT_VENV_DIR)
+    parser.add_argument(
+        "--peers", default=",".join(PEERS), help="comma-separated subset of the peers; '' for none"
+    )
+    parser.add_argument("--quick", action="store_true", help="few steps and rounds")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--iters", type=int, default=None, help="steps per timing")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args(argv)
+    peers = [p for p in args.peers.split(",") if p]
+    for p in peers:
+        if p not in PEERS:
+            parser.error(f"--peers: unknown peer {p!r}; choose from {sorted(PEERS)}")
+    iters = args.iters or (5 if args.quick else 40)
+    rounds = args.rounds or (1 if args.quick else 5)
+    if args.quick:
+        args.warmup = min(args.warmup, 2)
+
+    installed = setup(args.venv_dir, peers) if args.setup else {}
+
+    unavailable: dict[str, str] = {}
+    # all workers start (import, compile, warm up) at once; timing then goes one at a time
+    started: list[Worker] = [
+        Worker(name, _worker_argv(sys.executable, spec["worker"], args), {}, spec["label"])
+        for name, spec in LOCAL.items()
+    ]
+    for peer in peers:
+        python = _venv_python(args.venv_dir, peer)
+        if not python.exists():
+            unavailable[peer] = (
+                f"not installed (no environment at {python.parent.parent}; "
+                "run with --setup to create it)"
+            )
+            continue
+        started.append(
+            Worker(
+                peer,
+                _worker_argv(str(python), PEERS[peer]["worker"], args, PEERS[peer]["args"]),
+                PEERS[peer]["env"],
+                PEERS[peer]["label"],
+            )
+        )
+    workers: list[Worker] = []
+    for w in started:
+        try:
+            w.wait_ready()
+            workers.append(w)
+        except RuntimeError as e:
+            w.close()
+            if w.name in LOCAL:
+                for other in started:
+                    other.close()
+                raise
+            unavailable[w.name] = f"could not run: {str(e).splitlines()[-1][:300]}"
+
+    times: dict[str, dict[str, list[float]]] = {w.name: {v: [] for v in VARIANTS} for w in workers}
+    t0 = time.perf_counter()
+    try:
+        for r in range(rounds):
+            # rotate the order each round so that no implementation always runs first
+            for variant in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
+                k = r % len(workers)
+                for w in workers[k:] + workers[:k]:
+                    times[w.name][variant].append(w.time(variant, iters))
+    finally:
+        for w in workers:
+            w.close()
+    elapsed = time.perf_counter() - t0
+
+    med = {n: {v: statistics.median(ts) for v, ts in d.items()} for n, d in times.items()}
+
+    def ratio(name: str, variant: str, other: str, other_variant: str) -> float:
+        # median over rounds of the ratio measured within each round (same machine load)
+        num, den = times[name][variant], times[other][other_variant]
+        return statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+    print(
+        f"\nLeNet-300-100 KD step, batch {args.batch}, SGD momentum; {rounds} interleaved rounds "
+        f"of {iters} steps each (median ms per step; ratios: median of the per-round ratios), "
+        f"{elapsed:.0f} s of timing, {os.cpu_count()} CPU cores."
+    )
+    for w in workers:
+        print(f"  {w.name}: {w.label}; {w.info.get('versions', '')}; {w.info.get('check', '')}")
+    for peer, why in installed.items():
+        print(f"  {peer}: setup {why}")
+    for peer, why in unavailable.items():
+        print(f"  {peer}: NOT MEASURED: {why}")
+    print()
+    print("| implementation | (a) ms | (b) ms | (c) ms | (c)/(b) | (c) / lightcomp (c) |")
+    print("|---|---|---|---|---|---|")
+    for w in workers:
+        m = med[w.name]
+        print(
+            f"| {w.name} | {m['a']:.2f} | {m['b']:.2f} | {m['c']:.2f} | "
+            f"{ratio(w.name, 'c', w.name, 'b'):.3f} | {ratio(w.name, 'c', 'lightcomp', 'c'):.2f} |"
+        )
+    for peer in unavailable:
+        print(f"| {peer} | not measured | | | | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Tests for lightcomp.act_quant: activation fake quantization of unmodified Flax models."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import lightcomp as lc
+from lightcomp import quant
+
+X = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (16, 64)).astype(np.float32))
+APPLY, PARAMS = lc.models.init_mlp((16, 10), 64, jax.random.key(0))
+
+
+def _by_hand(params, x, ranges, bits=8):
+    """The MLP's forward with each Dense input fake-quantized (unsigned) by the given ranges."""
+    h = quant.fake_quant(x, bits, symmetric=False, range=ranges[0])
+    h = jax.nn.relu(h @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+    h = quant.fake_quant(h, bits, symmetric=False, range=ranges[1])
+    return h @ params["Dense_1"]["kernel"] + params["Dense_1"]["bias"]
+
+
+def test_linen_update_and_apply_match_hand_written_forward():
+    aq = quant.activation_quant(8)
+    state = aq.init(APPLY, PARAMS, X)
+    assert sorted(state) == ["Dense_0", "Dense_1"]
+    chex.assert_shape(state["Dense_0"]["inputs"].min, ())
+    out, state1 = aq.update(APPLY, state, PARAMS, X)
+    # first update: the ranges are each layer's input min/max
+    np.testing.assert_allclose(state1["Dense_0"]["inputs"].max, X.max(), rtol=1e-6)
+    h_min = float(state1["Dense_1"]["inputs"].min)
+    assert h_min == 0.0  # after ReLU
+    ranges = [state1[k]["inputs"].range for k in ("Dense_0", "Dense_1")]
+    np.testing.assert_array_equal(out, _by_hand(PARAMS, X, ranges))
+    # EMA step with a scaled batch follows the formula
+    _, state2 = aq.update(APPLY, state1, PARAMS, 2 * X)
+    np.testing.assert_allclose(
+        state2["Dense_0"]["inputs"].max, 0.99 * X.max() + 0.01 * 2 * X.max(), rtol=1e-6
+    )
+    # frozen ranges: apply uses them, jitted or not
+    frozen = aq.apply(APPLY, state2, PARAMS, X)
+    ranges2 = [state2[k]["inputs"].range for k in ("Dense_0", "Dense_1")]
+    np.testing.assert_array_equal(frozen, _by_hand(PARAMS, X, ranges2))
+    jitted = jax.jit(lambda s, p, x: aq.apply(APPLY, s, p, x))(state2, PARAMS, X)
+    np.testing.assert_array_equal(jitted, frozen)
+    _, js = jax.jit(lambda s, p, x: aq.update(APPLY, s, p, x))(state1, PARAMS, 2 * X)
+    chex.assert_trees_all_close(js, state2, rtol=1e-6)
+
+
+def test_linen_gradients_flow_and_outputs_option():
+    aq = quant.activation_quant(4, outputs=True, ste="identity")
+    state = aq.init(APPLY, PARAMS, X)
+    assert set(state["Dense_1"]) == {"inputs", "outputs"}
+    g = jax.grad(lambda p: aq.update(APPLY, state, p, X)[0].sum())(PARAMS)
+    assert all(bool(jnp.any(v != 0)) for v in jax.tree.leaves(g))
+    out = aq.update(APPLY, state, PARAMS, X)[0]
+    assert not np.array_equal(out, APPLY(PARAMS, X))
+
+
+def test_linen_conv_layers_and_predicate():
+    model = lc.models.CNN(channels=(4,))
+    x = jnp.asarray(lc.data.load_digits(image=True).x_test[:8])
+    params = model.init(jax.random.key(1), x)["params"]
+    fn = lambda p, x: model.apply({"params": p}, x)
+    assert sorted(quant.activation_quant(8).init(fn, params, x)) == ["Conv_0", "Dense_0"]
+    only_conv = quant.activation_quant(8, layers=lambda path, mod: path.startswith("Conv"))
+    assert sorted(only_conv.init(fn, params, x)) == ["Conv_0"]
+
+
+def test_linen_bad_input():
+    aq = quant.activation_quant(8)
+    with pytest.raises(ValueError, match="Dense_1"):
+        aq.update(APPLY, {"Dense_0": aq.init(APPLY, PARAMS, X)["Dense_0"]}, PARAMS, X)
+    with pytest.raises(ValueError, match="no layer"):
+        aq.init(lambda x: x * 2, X)
+    with pytest.raises(ValueError, match="bits"):
+        quant.activation_quant(1)
+    with pytest.raises(ValueError, match="decay"):
+        quant.activation_quant(8, decay=1.0)
+    with pytest.raises(TypeError, match="layers"):
+        quant.activation_quant(8, layers=3)
+
+
+def test_nnx_wrapper_matches_linen_and_freezes_in_eval():
+    model = lc.models.NnxMLP((64, 16, 10), rngs=nnx.Rngs(0))
+    params = {
+        f"Dense_{i}": {"kernel": model.layers[i].kernel[...], "bias": model.layers[i].bias[...]}
+        for i in range(2)
+    }
+    quant.wrap_nnx(model, 8)
+    assert isinstance(model.layers[0], quant.FakeQuantInputs)
+    y = model(X)
+    ranges = [(model.layers[i].in_min[...], model.layers[i].in_max[...]) for i in range(2)]
+    np.testing.assert_allclose(ranges[0][1], X.max(), rtol=1e-6)
+    np.testing.assert_array_equal(y, _by_hand(params, X, ranges))
+    stats = nnx.state(model, nnx.BatchStat)
+    assert len(jax.tree.leaves(stats)) == 6 and int(model.layers[1].in_count[...]) == 1
+    model.eval()
+    model(2 * X)
+    assert int(model.layers[1].in_count[...]) == 1  # frozen
+    y_eval = nnx.jit(lambda m, x: m(x))(model, X)
+    np.testing.assert_array_equal(y_eval, y)
+    with pytest.raises(TypeError, match=r"nnx\.Module"):
+        quant.wrap_nnx(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
