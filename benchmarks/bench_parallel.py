@@ -151,6 +151,8 @@ def main(argv=None) -> None:
     console = Console()
     n_all = len(jax.devices())
     counts = [n for n in (1, 2, 4, 8) if n <= n_all and batch % n == 0]
+    if args.quick:  # a smoke run: one device and all of them
+        counts = sorted({counts[0], counts[-1]})
     make, state, t_params, data = build(hidden, batch)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     console.print(

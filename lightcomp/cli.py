@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--steps",
         type=int,
-        default=400,
+        default=800,
         help="distillation steps per student stage; the teacher trains twice as long "
         "[default: %(default)s]",
     )

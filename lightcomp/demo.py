@@ -63,7 +63,7 @@ class DemoConfig:
     sparsity: float = 0.95
     bits: int = 5
     clusters: int = 16
-    steps: int = 400
+    steps: int = 800
     seed: int = 0
     out: str = "digits_mlp.lcpk"
     devices: int = 1

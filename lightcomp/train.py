@@ -235,7 +235,7 @@ def _check_opt_state(state: DistillState, optimizer, p_diff, l_diff) -> None:
             )
 
 
-def _batch_parts(batch: Any, *, needs_labels: bool, has_teacher: bool):
+def _batch_parts(batch: Any, *, needs_labels: bool, has_teacher: bool, label_only: bool = False):
     if not isinstance(batch, Mapping):
         raise TypeError(
             f'batch must be a mapping {{"inputs": ..., "labels": ...}}, got {type(batch).__name__}'
@@ -249,7 +249,7 @@ def _batch_parts(batch: Any, *, needs_labels: bool, has_teacher: bool):
             f"loss; use alpha=1.0 for labels-free distillation); its keys are {sorted(batch)}"
         )
     cached = batch.get(_TEACHER_LOGITS)
-    if cached is None and not has_teacher:
+    if cached is None and not has_teacher and not label_only:
         raise ValueError(
             f'teacher_params is None and batch has no "{_TEACHER_LOGITS}" key: the step needs '
             "one of them"
@@ -404,7 +404,10 @@ def make_step(
         if kind is not None:
             kwargs["kind"] = kind
         loss_fn, needs_labels = _default_loss(kwargs)
+        # alpha = 0: the plain label loss; no teacher is needed (e.g. to train the teacher)
+        label_only = kwargs.get("alpha", 0.5) == 0.0
     else:
+        label_only = False
         if not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
         if alpha is not None or temperature is not None or kind is not None:
@@ -428,7 +431,10 @@ def make_step(
         if not isinstance(state, DistillState):
             raise TypeError(f"state must be a DistillState, got {type(state).__name__}")
         inputs, labels, cached = _batch_parts(
-            batch, needs_labels=needs_labels, has_teacher=teacher_params is not None
+            batch,
+            needs_labels=needs_labels,
+            has_teacher=teacher_params is not None,
+            label_only=label_only,
         )
         learned, fixed = _tf.partition(state.comp_state)
         p_diff, p_rest = _trainable(state.params)
@@ -443,6 +449,8 @@ def make_step(
 
         if cached is not None:
             t_logits = lax.stop_gradient(jnp.asarray(cached).astype(jnp.float32))
+        elif label_only and (teacher_params is None or teacher_apply is None):
+            t_logits = None  # weight 0: the student's own logits stand in below
         else:
             t_logits = teacher_forward(teacher_params, inputs)
 
@@ -452,12 +460,13 @@ def make_step(
             eff = transform.apply(params, comp)
             out = student_apply(eff, inputs, key) if pass_rng else student_apply(eff, inputs)
             s_logits = jnp.asarray(out)
-            _check_logits(s_logits, t_logits, labels)
+            t_in = lax.stop_gradient(s_logits.astype(jnp.float32)) if t_logits is None else t_logits
+            _check_logits(s_logits, t_in, labels)
             s_logits = s_logits.astype(jnp.float32)
-            value, parts = _split_loss(loss_fn(s_logits, t_logits, labels))
-            return value.astype(jnp.float32), (s_logits, parts)
+            value, parts = _split_loss(loss_fn(s_logits, t_in, labels))
+            return value.astype(jnp.float32), (s_logits, t_in, parts)
 
-        (value, (s_logits, parts)), (g_p, g_l) = jax.value_and_grad(
+        (value, (s_logits, t_logits, parts)), (g_p, g_l) = jax.value_and_grad(
             objective, argnums=(0, 1), has_aux=True
         )(p_diff, l_diff)
         if grad_reduce is not None:
