@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         base = dict(steps=args.steps or 400, progress=False)
         grid = [(s, b) for b in (3, 5) for s in (0.8, 0.9, 0.95, 0.97)]
-        default = (0.95, 5)
+        default = (0.9, 3)  # the demo's defaults
     rows = []
     for s, b in grid:
         cfg = demo.DemoConfig(sparsity=s, bits=b, out=f"{tmp}/m_{s}_{b}.lcpk", **base)

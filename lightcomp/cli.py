@@ -38,14 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--sparsity",
         type=float,
-        default=0.95,
+        default=0.9,
         help="fraction of each kernel's weights pruned to exactly zero, in [0, 1) "
         "(reached gradually, on a cubic schedule) [default: %(default)s]",
     )
     demo.add_argument(
         "--bits",
         type=int,
-        default=5,
+        default=3,
         help="bit width of the weights in the quantize stage, 2..16 [default: %(default)s]",
     )
     demo.add_argument(
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--steps",
         type=int,
-        default=800,
+        default=400,
         help="distillation steps per student stage; the teacher trains twice as long "
         "[default: %(default)s]",
     )

@@ -60,10 +60,10 @@ class DemoConfig:
       progress: show progress bars.
     """
 
-    sparsity: float = 0.95
-    bits: int = 5
+    sparsity: float = 0.9
+    bits: int = 3
     clusters: int = 16
-    steps: int = 800
+    steps: int = 400
     seed: int = 0
     out: str = "digits_mlp.lcpk"
     devices: int = 1
