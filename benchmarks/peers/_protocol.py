@@ -86,3 +86,19 @@ def serve(
         runners[req["variant"]](iters)
         ms = (time.perf_counter() - t0) * 1e3 / iters
         print(json.dumps({"ms": ms}), flush=True)
+
+
+def variants(made: dict[str, tuple[Callable[[int], None], Callable[[], list]]]):
+    """``{variant: (run, effective_kernels)}`` -> ``(runners, check)`` for `serve`."""
+    runners = {v: run for v, (run, _) in made.items()}
+    return runners, lambda: describe(made["c"][1]())
+
+
+def main(build, versions, args: argparse.Namespace | None = None) -> None:
+    """A worker's entry point: ``--versions`` prints them; otherwise build and `serve`."""
+    args = args or parse_args()
+    if args.versions:
+        print(versions())
+    else:
+        runners, check = build(args.batch)
+        serve(runners, versions(), args.warmup, check)

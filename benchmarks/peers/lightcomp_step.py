@@ -85,9 +85,7 @@ def build(batch: int):
 
         return run, effective_kernels
 
-    made = {v: make(v) for v in ("a", "b", "c")}
-    runners = {v: run for v, (run, _) in made.items()}
-    return runners, lambda: P.describe(made["c"][1]())
+    return P.variants({v: make(v) for v in ("a", "b", "c")})
 
 
 def versions() -> str:
@@ -95,9 +93,4 @@ def versions() -> str:
 
 
 if __name__ == "__main__":
-    args = P.parse_args()
-    if args.versions:
-        print(versions())
-    else:
-        runners, check = build(args.batch)
-        P.serve(runners, versions(), args.warmup, check)
+    P.main(build, versions)

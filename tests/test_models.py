@@ -1,0 +1,46 @@
+"""Tests for lightcomp.models: the small Flax models of the built-in task."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lightcomp import models, tree
+
+
+def test_mlp_matches_numpy_forward():
+    apply, params = models.init_mlp([8, 3], 5, jax.random.key(0))
+    assert tree.paths(params) == [
+        "Dense_0/bias",
+        "Dense_0/kernel",
+        "Dense_1/bias",
+        "Dense_1/kernel",
+    ]
+    x = np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)
+    p = jax.tree.map(np.asarray, params)
+    h = np.maximum(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], 0.0)
+    expected = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    np.testing.assert_allclose(apply(params, x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(apply)(params, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_shapes():
+    model = models.CNN(channels=(4,), num_classes=10)
+    x = jnp.ones((2, 8, 8, 1))
+    params = model.init(jax.random.key(0), x)["params"]
+    chex.assert_shape(params["Conv_0"]["kernel"], (3, 3, 1, 4))
+    chex.assert_shape(model.apply({"params": params}, x), (2, 10))
+
+
+def test_nnx_mlp_equals_linen_mlp_with_the_same_weights():
+    net = models.NnxMLP([5, 8, 3], rngs=nnx.Rngs(0))
+    _, state = nnx.split(net)
+    assert tree.selected_paths(state) == ["layers/0/kernel", "layers/1/kernel"]
+    params = {
+        f"Dense_{i}": {"kernel": layer.kernel[...], "bias": layer.bias[...]}
+        for i, layer in enumerate(net.layers)
+    }
+    x = np.random.default_rng(2).normal(size=(4, 5)).astype(np.float32)
+    linen_out = models.MLP((8, 3)).apply({"params": params}, x)
+    chex.assert_trees_all_close(net(x), linen_out, rtol=1e-6, atol=1e-6)
