@@ -68,6 +68,14 @@ def _check_same_shape(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> Non
         ) from e
 
 
+def _logit_pair(student_logits: Any, teacher_logits: Any) -> tuple[jax.Array, jax.Array]:
+    """Both logits as float32 arrays of one shape (the check every distillation loss makes)."""
+    s = _as_float(student_logits, "student_logits")
+    t = _as_float(teacher_logits, "teacher_logits")
+    _check_same_shape(s, t, ("student_logits", "teacher_logits"))
+    return s, t
+
+
 def _check_temperature(temperature: Any) -> None:
     if isinstance(temperature, jax.core.Tracer):
         return  # a traced temperature (e.g. annealed) cannot be checked here
@@ -115,9 +123,7 @@ def soft_kl(
       Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
     """
     _check_temperature(temperature)
-    s = _as_float(student_logits, "student_logits")
-    t = _as_float(teacher_logits, "teacher_logits")
-    _check_same_shape(s, t, ("student_logits", "teacher_logits"))
+    s, t = _logit_pair(student_logits, teacher_logits)
     temp = jnp.asarray(temperature, jnp.float32)
     log_ps = jax.nn.log_softmax(s / temp, axis=-1)
     log_pt = jax.nn.log_softmax(t / temp, axis=-1)
@@ -135,9 +141,7 @@ def hard_ce(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
     Returns:
       A float32 scalar.
     """
-    s = _as_float(student_logits, "student_logits")
-    t = _as_float(teacher_logits, "teacher_logits")
-    _check_same_shape(s, t, ("student_logits", "teacher_logits"))
+    s, t = _logit_pair(student_logits, teacher_logits)
     target = jnp.argmax(t, axis=-1)
     return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(s, target))
 
@@ -155,9 +159,7 @@ def mse(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
     References:
       Ba & Caruana 2014, "Do Deep Nets Really Need to be Deep?".
     """
-    s = _as_float(student_logits, "student_logits")
-    t = _as_float(teacher_logits, "teacher_logits")
-    _check_same_shape(s, t, ("student_logits", "teacher_logits"))
+    s, t = _logit_pair(student_logits, teacher_logits)
     return jnp.mean(optax.losses.squared_error(s, t))
 
 
