@@ -1,11 +1,14 @@
 """lightcomp: pruning, quantization-aware training, weight sharing and knowledge
-distillation as pure JAX functions over parameter pytrees."""
+distillation as pure JAX functions over parameter pytrees.
+
+The face imports every package but the demo (``lightcomp.demo``, imported on use by the
+``lightcomp demo`` command).
+"""
 
 from lightcomp import (
     checkpoint,
     cluster,
     data,
-    demo,
     distill,
     export,
     models,
@@ -45,7 +48,6 @@ __all__ = [
     "cluster",
     "combine",
     "data",
-    "demo",
     "distill",
     "export",
     "fake_quantization",

@@ -106,7 +106,14 @@ def _demo(args, console) -> int:
         raise _UsageError(
             f"--devices {cfg.devices}: only {jax.local_device_count()} device(s) available"
         )
-    result = demo.run(cfg, console)
+    def show(row):
+        if cfg.progress:
+            console.print(
+                f"  {row['stage']}: test accuracy {row['accuracy']:.4f}, packed "
+                f"{row['bytes']:,} bytes ({row['ratio_vs_student']:.1f}x smaller than float32)"
+            )
+
+    result = demo.run(cfg, on_stage=show)
     console.print(demo.result_table(result))
     t_acc, f_acc, l_acc = (
         result[k] for k in ("teacher_accuracy", "final_accuracy", "loaded_accuracy")

@@ -25,20 +25,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightcomp import data, distill, export, models, parallel, prune, train, tree
-from lightcomp import transform as tf
+from lightcomp import data, export, models, parallel, prune, train, transform, tree
+
+__all__ = ["DemoConfig", "Stage", "check_config", "markdown_table", "result_table", "run", "stages"]
 
 _BIASES = tree.select(include=r"bias$", predicate=lambda path, leaf: tree.is_floating(leaf))
-
-__all__ = ["DemoConfig", "check_config", "markdown_table", "result_table", "run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,161 +99,160 @@ def check_config(cfg: DemoConfig) -> None:
         raise ValueError(f"--out {cfg.out!r} is not writable")
 
 
-def _count(params: Any) -> int:
-    return sum(int(np.size(x)) for x in jax.tree.leaves(params))
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of the demo: what is trained, from what, through which transform.
+
+    Attributes:
+      name: the table's label.
+      model: ``"teacher"`` or ``"student"`` (which network is trained).
+      start: ``"init"`` (fresh initialisation) or the name of the stage whose effective
+        parameters it starts from.
+      transform: the compression transform of the stage.
+      distill: distill from the float teacher (False: labels only, ``alpha=0``).
+      steps: training steps.
+      seed: seed of the stage's batches.
+      key: index of the stage's PRNG key among the run's keys.
+    """
+
+    name: str
+    model: str
+    start: str
+    transform: transform.Transform
+    distill: bool
+    steps: int
+    seed: int
+    key: int
+
+
+def stages(cfg: DemoConfig) -> list[Stage]:
+    """Deep Compression's stages for ``cfg``: teacher, float student, prune, share, quantize."""
+    end = max(1, cfg.steps // 2)  # the cubic schedule reaches its sparsity half-way
+    schedule = prune.polynomial_schedule(0.0, cfg.sparsity, 0, end, frequency=max(1, end // 10))
+    keep = transform.pruning(cfg.sparsity)
+    share = transform.weight_sharing(cfg.clusters, preserve_zeros=True)
+    quantize = transform.chain(
+        keep,
+        share,
+        transform.fake_quantization(cfg.bits, axis=None),
+        transform.fake_quantization(8, axis=None, select=_BIASES),
+    )
+    s = cfg.steps
+    return [
+        Stage("float teacher", "teacher", "init", transform.identity(), False, 2 * s, cfg.seed, 2),
+        Stage("float student", "student", "init", transform.identity(), True, s, cfg.seed + 1, 3),
+        Stage("prune", "student", "float student", transform.pruning(schedule), True, s,
+              cfg.seed + 2, 4),
+        Stage("share", "student", "prune", transform.chain(keep, share), True, s, cfg.seed + 3,
+              5),
+        Stage("quantize", "student", "share", quantize, True, s, cfg.seed + 4, 6),
+    ]  # fmt: skip
 
 
 def _zeros(params: Any) -> float:
     leaves = jax.tree.leaves(params)
-    return sum(int(np.sum(np.asarray(x) == 0)) for x in leaves) / max(_count(params), 1)
+    count = sum(int(np.size(x)) for x in leaves)
+    return sum(int(np.sum(np.asarray(x) == 0)) for x in leaves) / max(count, 1)
 
 
-def run(cfg: DemoConfig, console: Any = None) -> dict:
+def _train(cfg: DemoConfig, spec: Stage, apply, params, teacher, key, ds) -> Any:
+    """Trains one stage; returns its effective parameters."""
+    opt = optax.adam(cfg.learning_rate)
+    t_apply, t_params = teacher if spec.distill else (None, None)
+    kw = {} if spec.distill else {"alpha": 0.0}
+    if cfg.devices > 1:
+        kw["axis_name"] = "batch"
+    step = train.make_step(apply, t_apply, opt, spec.transform, **kw)
+    if cfg.devices > 1:
+        step = parallel.pmap_step(
+            step, axis_name="batch", devices=jax.local_devices()[: cfg.devices]
+        )
+    # one compilation instead of many eager dispatches of the transform's init
+    state = jax.jit(lambda p, k: train.init_state(p, opt, spec.transform, k))(params, key)
+    effective = jax.jit(spec.transform.apply)
+    test = (ds.x_test, ds.y_test)
+
+    def eval_fn(st):
+        return {
+            "accuracy": train.evaluate(apply, effective(st.params, st.comp_state), test)["accuracy"]
+        }
+
+    batches = data.batches(ds.x_train, ds.y_train, cfg.batch_size, seed=spec.seed)
+    if cfg.devices > 1:
+        batches = (parallel.shard_batch(b, cfg.devices) for b in batches)
+    state, _ = train.fit(
+        step,
+        state,
+        t_params,
+        batches,
+        steps=spec.steps,
+        log_every=max(spec.steps // 20, 1),
+        eval_fn=eval_fn,
+        progress=cfg.progress,
+        description=f"{spec.name:<14}",
+    )
+    return effective(state.params, state.comp_state)
+
+
+def _measure(name: str, apply, effective, test, float_bytes: dict) -> tuple[dict, Any]:
+    """The table row of a stage and its packed parameters."""
+    packed = export.pack(effective)
+    rep = export.report(packed)
+    row = {
+        "stage": name,
+        "accuracy": train.evaluate(apply, effective, test)["accuracy"],
+        "sparsity": _zeros(effective),
+        "bits_per_weight": rep["bits_per_weight"],
+        "bytes": rep["file_bytes"],
+        "ratio_vs_teacher": float_bytes["teacher"] / rep["file_bytes"],
+        "ratio_vs_student": float_bytes["student"] / rep["file_bytes"],
+    }
+    return row, packed
+
+
+def run(cfg: DemoConfig, on_stage: Callable[[dict], None] | None = None) -> dict:
     """Trains the teacher, distills and compresses the student, writes and reloads the file.
 
     Args:
       cfg: the configuration (checked with `check_config` first).
-      console: a ``rich.console.Console`` for progress and messages (default: a new one).
+      on_stage: called with each stage's table row as soon as it is measured (the command
+        prints it); nothing here prints besides the progress bars of ``cfg.progress``.
 
     Returns:
       ``{"rows": [per-stage dicts: stage, accuracy, sparsity, bits_per_weight, bytes,
       ratio_vs_teacher, ratio_vs_student], "teacher_accuracy", "student_accuracy",
-      "final_accuracy", "loaded_accuracy", "file", "file_bytes", "report"}``.
+      "final_accuracy", "loaded_accuracy", "bit_exact", "file", "file_bytes", "report",
+      "config"}``.
     """
     check_config(cfg)
-    from rich.console import Console
-
-    console = console or Console()
     if jax.local_device_count() < cfg.devices:
         raise ValueError(
             f"--devices {cfg.devices}: only {jax.local_device_count()} device(s) available"
         )
     ds = data.load_digits(seed=cfg.seed)
+    keys = jax.random.split(jax.random.key(cfg.seed), 7)
     n_in = ds.x_train.shape[1]
-    key = jax.random.key(cfg.seed)
-    k_teacher, k_student, k_t0, k_s0, k_s1, k_s2, k_s3 = jax.random.split(key, 7)
-    t_apply, t_params = models.init_mlp((*cfg.teacher, 10), n_in, k_teacher)
-    s_sizes = cfg.student or cfg.teacher
-    s_apply, s_params = models.init_mlp((*s_sizes, 10), n_in, k_student)
+    nets = {
+        "teacher": models.init_mlp((*cfg.teacher, 10), n_in, keys[0]),
+        "student": models.init_mlp((*(cfg.student or cfg.teacher), 10), n_in, keys[1]),
+    }
+    float_bytes = {
+        k: 4 * sum(int(np.size(x)) for x in jax.tree.leaves(p)) for k, (_, p) in nets.items()
+    }
     test = (ds.x_test, ds.y_test)
-    devices = jax.local_devices()[: cfg.devices]
-
-    def batches(seed):
-        it = data.batches(ds.x_train, ds.y_train, cfg.batch_size, seed=seed)
-        if cfg.devices == 1:
-            return it
-        return (parallel.shard_batch(b, cfg.devices) for b in it)
-
-    def stage(
-        name, apply, params, transform, teacher_apply, teacher_params, loss, key, steps, seed
-    ):
-        opt = optax.adam(cfg.learning_rate)
-        step_kw = {"loss": loss} if loss is not None else {}
-        if cfg.devices == 1:
-            step = train.make_step(apply, teacher_apply, opt, transform, **step_kw)
-        else:
-            step = train.make_step(
-                apply, teacher_apply, opt, transform, axis_name="batch", **step_kw
-            )
-            step = parallel.pmap_step(step, axis_name="batch", devices=devices)
-        # one compilation instead of many eager dispatches of the transform's init
-        state = jax.jit(lambda p, k: train.init_state(p, opt, transform, k))(params, key)
-
-        def eval_fn(st):
-            eff = jax.jit(transform.apply)(st.params, st.comp_state)
-            return {"accuracy": train.evaluate(apply, eff, test)["accuracy"]}
-
-        state, _ = train.fit(
-            step,
-            state,
-            teacher_params,
-            batches(seed),
-            steps=steps,
-            log_every=max(steps // 20, 1),
-            eval_fn=eval_fn,
-            progress=cfg.progress,
-            description=f"{name:<14}",
-        )
-        effective = jax.jit(transform.apply)(state.params, state.comp_state)
-        return state, effective
-
-    # -- the float teacher: cross-entropy with the labels (no teacher of its own)
-    def ce_only(student_logits, teacher_logits, labels):
-        del teacher_logits
-        return distill.cross_entropy(student_logits, labels)
-
-    def no_teacher(params, inputs):
-        del params
-        return jnp.zeros((inputs.shape[0], 10), jnp.float32)
-
-    _, teacher = stage(
-        "teacher", t_apply, t_params, tf.identity(), no_teacher, jnp.zeros(()), ce_only, k_t0,
-        2 * cfg.steps, cfg.seed,
-    )  # fmt: skip
-    float_t = 4 * _count(teacher)
-    float_s = 4 * _count(s_params)
-    rows = []
-
-    def record(name, apply, effective):
-        acc = train.evaluate(apply, effective, test)["accuracy"]
-        packed = export.pack(effective)
-        rep = export.report(packed)
-        rows.append(
-            {
-                "stage": name,
-                "accuracy": acc,
-                "sparsity": _zeros(effective),
-                "bits_per_weight": rep["bits_per_weight"],
-                "bytes": rep["file_bytes"],
-                "ratio_vs_teacher": float_t / rep["file_bytes"],
-                "ratio_vs_student": float_s / rep["file_bytes"],
-            }
-        )
-        if cfg.progress:
-            console.print(
-                f"  {name}: test accuracy {acc:.4f}, packed {rep['file_bytes']:,} bytes "
-                f"({rows[-1]['ratio_vs_student']:.1f}x smaller than float32)"
-            )
-        return packed, rep
-
-    record("float teacher", t_apply, teacher)
-    # -- stage 0: the float student distilled from the teacher
-    _, student = stage(
-        "float student", s_apply, s_params, tf.identity(), t_apply, teacher, None, k_s0,
-        cfg.steps, cfg.seed + 1,
-    )  # fmt: skip
-    record("float student", s_apply, student)
-    # -- stage 1: gradual magnitude pruning (cubic schedule over the first 3/4 of the stage)
-    end = max(1, cfg.steps // 2)
-    freq = max(1, end // 10)
-    schedule = prune.polynomial_schedule(0.0, cfg.sparsity, 0, end, frequency=freq)
-    pruning = tf.pruning(schedule)
-    _, pruned = stage(
-        "prune", s_apply, student, pruning, t_apply, teacher, None, k_s1, cfg.steps, cfg.seed + 2
-    )
-    record("prune", s_apply, pruned)
-    # -- stage 2: weight sharing of the survivors (zeros kept), masks fixed
-    keep = tf.pruning(cfg.sparsity)
-    sharing = tf.chain(keep, tf.weight_sharing(cfg.clusters, preserve_zeros=True))
-    _, shared = stage(
-        "share", s_apply, pruned, sharing, t_apply, teacher, None, k_s2, cfg.steps, cfg.seed + 3
-    )
-    record("share", s_apply, shared)
-    # -- stage 3: fake quantization of the shared weights (one scale per tensor)
-    quantize = tf.chain(
-        keep,
-        tf.weight_sharing(cfg.clusters, preserve_zeros=True),
-        tf.fake_quantization(cfg.bits, axis=None),
-        tf.fake_quantization(8, axis=None, select=_BIASES),
-    )
-    _, final = stage(
-        "quantize", s_apply, shared, quantize, t_apply, teacher, None, k_s3, cfg.steps,
-        cfg.seed + 4,
-    )  # fmt: skip
-    packed, rep = record("quantize", s_apply, final)
+    trained, rows, packed = {}, [], None
+    for spec in stages(cfg):
+        apply, init_params = nets[spec.model]
+        start = init_params if spec.start == "init" else trained[spec.start]
+        teacher = (nets["teacher"][0], trained.get("float teacher"))
+        trained[spec.name] = _train(cfg, spec, apply, start, teacher, keys[spec.key], ds)
+        row, packed = _measure(spec.name, apply, trained[spec.name], test, float_bytes)
+        rows.append(row)
+        if on_stage is not None:
+            on_stage(row)
+    final = trained[rows[-1]["stage"]]
     size = export.save(cfg.out, packed)
     loaded = export.unpack(export.load(cfg.out))
-    loaded_acc = train.evaluate(s_apply, loaded, test)["accuracy"]
     same = all(
         np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
         for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(loaded), strict=True)
@@ -264,11 +262,11 @@ def run(cfg: DemoConfig, console: Any = None) -> dict:
         "teacher_accuracy": rows[0]["accuracy"],
         "student_accuracy": rows[1]["accuracy"],
         "final_accuracy": rows[-1]["accuracy"],
-        "loaded_accuracy": loaded_acc,
+        "loaded_accuracy": train.evaluate(nets["student"][0], loaded, test)["accuracy"],
         "bit_exact": same,
         "file": str(cfg.out),
         "file_bytes": size,
-        "report": rep,
+        "report": export.report(packed),
         "config": cfg,
     }
 

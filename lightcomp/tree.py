@@ -25,7 +25,7 @@ import numpy as np
 __all__ = [
     "Select",
     "as_select",
-    "channel_axis",
+    "check_mirror",
     "default_rule",
     "first_mismatch",
     "is_floating",
@@ -290,31 +290,66 @@ def map_selected(
     return jax.tree.map(one, flags, path_tree, tree, *rest)
 
 
-def channel_axis(leaf: Any, path: str = "") -> int | None:
-    """The output-channel axis of a leaf: -1 for ``ndim >= 2``, None otherwise.
-
-    Flax ``Dense`` kernels are ``(in, out)``, ``Conv`` kernels ``(h, w, in, out)``
-    and ``Embed`` tables ``(vocab, features)``: the output channel is the last axis.
-    """
-    del path
-    return -1 if len(leaf.shape) >= 2 else None
-
-
 def first_mismatch(reference: PyTree, other: PyTree) -> str | None:
     """The first path where ``other`` does not mirror ``reference``'s structure, or None.
 
-    ``other`` may hold ``None`` where ``reference`` has a leaf (state trees).
+    ``other`` may hold ``None`` where ``reference`` has a leaf (state trees), and where
+    ``reference`` itself holds ``None``.
     """
-    ref = dict(leaves_with_paths(reference, argname="reference"))
+    is_none = lambda x: x is None
     try:
-        oth_flat, _ = jax.tree_util.tree_flatten_with_path(other, is_leaf=lambda x: x is None)
+        ref_flat, _ = jax.tree_util.tree_flatten_with_path(reference, is_leaf=is_none)
+        oth_flat, _ = jax.tree_util.tree_flatten_with_path(other, is_leaf=is_none)
     except Exception as e:
         return f"<not a pytree: {e}>"
-    oth = {path_str(k): v for k, v in oth_flat}
-    for p in oth:
-        if p not in ref:
+    ref = {path_str(k): v is None for k, v in ref_flat}
+    oth = [(path_str(k), v) for k, v in oth_flat]
+    for p, v in oth:
+        if p not in ref or (ref[p] and v is not None):
             return p
-    for p in ref:
-        if p not in oth:
+    seen = {p for p, _ in oth}
+    for p in (path_str(k) for k, _ in ref_flat):
+        if p not in seen:
             return p
     return None
+
+
+def check_mirror(
+    reference: PyTree,
+    other: PyTree,
+    what: str,
+    shape_fn: Callable[[Any], tuple[int, ...]] | None = None,
+) -> list[Any]:
+    """Checks that ``other`` mirrors ``reference`` (None allowed at leaves) with matching shapes.
+
+    Args:
+      reference: the parameter tree.
+      other: a state tree (masks, codes, scales) with ``reference``'s structure, None at
+        leaves it does not cover.
+      what: how the message names ``other`` (e.g. ``"pruning state masks"``).
+      shape_fn: ``leaf -> shape`` an entry must have (default: the leaf's own shape).
+
+    Returns:
+      ``other``'s entries aligned with ``reference``'s leaves (None where uncovered).
+
+    Raises:
+      ValueError: naming ``what`` and the first path where the structure or a shape differs.
+    """
+    bad = first_mismatch(reference, other)
+    if bad is not None:
+        raise ValueError(
+            f"{what} does not match params: first mismatching path {bad!r} "
+            "(was it built from these params?)"
+        )
+    items = leaves_with_paths(reference)
+    flat = jax.tree.structure(reference).flatten_up_to(other)
+    for (path, leaf), entry in zip(items, flat, strict=True):
+        if entry is None:
+            continue
+        want = tuple(shape_fn(leaf) if shape_fn else leaf.shape)
+        if tuple(jnp.shape(entry)) != want:
+            raise ValueError(
+                f"{what} does not match params at {path!r}: shape {tuple(jnp.shape(entry))}, "
+                f"expected {want} for a leaf of shape {tuple(leaf.shape)}"
+            )
+    return flat

@@ -133,12 +133,6 @@ def test_map_selected_on_nnx_state_roundtrips_through_merge():
     assert np.any(np.asarray(model.norm.scale[...]) != 0.0)
 
 
-def test_channel_axis():
-    assert tree.channel_axis(np.zeros((3, 4))) == -1
-    assert tree.channel_axis(np.zeros((3, 3, 2, 8))) == -1
-    assert tree.channel_axis(np.zeros(4)) is None
-
-
 def test_first_mismatch(linen_params):
     masks = tree.map_selected(lambda w: w > 0, linen_params, unselected="none")
     assert tree.first_mismatch(linen_params, masks) is None

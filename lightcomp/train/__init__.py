@@ -1,0 +1,39 @@
+"""The jitted knowledge-distillation step that trains a student through a compression transform.
+
+One call of the step returned by `make_step` is one XLA computation: the teacher's
+forward pass (no gradient, or logits read from a cache), the student's forward pass on
+``transform.apply(params, comp_state)``, the loss, gradients with respect to the raw
+parameters and the transform's learned quantities (shared centroids, LSQ step sizes),
+one optax update of both, pruned weights kept at exactly zero, ``transform.update`` on
+its own schedule and the step's metrics. The training loop (`fit`) lives outside ``jit``.
+
+Also here: adapters that turn linen and nnx models into ``(params, inputs) -> logits``
+functions, helpers that start a smaller student from the teacher's weights, a
+teacher-logit cache for fixed datasets, and `evaluate`.
+
+References:
+  Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
+"""
+
+from lightcomp.train._adapters import linen_apply, nnx_apply
+from lightcomp.train._loop import evaluate, fit
+from lightcomp.train._state import DistillState, cast_floating, effective_params, init_state
+from lightcomp.train._step import make_step
+from lightcomp.train._student_init import keep_layers, slice_channels
+from lightcomp.train._teacher_cache import cached_batches, teacher_logits
+
+__all__ = [
+    "DistillState",
+    "cached_batches",
+    "cast_floating",
+    "effective_params",
+    "evaluate",
+    "fit",
+    "init_state",
+    "keep_layers",
+    "linen_apply",
+    "make_step",
+    "nnx_apply",
+    "slice_channels",
+    "teacher_logits",
+]

@@ -1,0 +1,160 @@
+"""`evaluate` and `fit`: the loop outside ``jit``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lightcomp.train._batch import batch_parts
+from lightcomp.train._state import DistillState
+
+PyTree = Any
+Apply = Callable[..., jax.Array]
+
+
+def _batch_counts(apply, params, inputs, labels):
+    logits = jnp.asarray(apply(params, inputs)).astype(jnp.float32)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    nll = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return correct, nll
+
+
+_batch_counts_jit = jax.jit(_batch_counts, static_argnums=0)
+
+
+def evaluate(
+    apply: Apply,
+    params: PyTree,
+    batches: Iterable[Mapping[str, Any]] | tuple[np.ndarray, np.ndarray],
+    *,
+    batch_size: int = 512,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``apply(params, inputs)`` over a finite dataset.
+
+    Args:
+      apply: ``(params, inputs) -> logits``; for a compressed student pass the
+        effective params (`effective_params`).
+      params: the parameters.
+      batches: a finite iterable of ``{"inputs", "labels"}`` batches, or a pair
+        ``(inputs, labels)`` of arrays split into ``batch_size`` rows.
+      batch_size: rows per batch when ``batches`` is a pair of arrays.
+
+    Returns:
+      ``{"accuracy": float, "loss": float, "count": int}``.
+    """
+    if isinstance(batches, tuple) and len(batches) == 2 and not isinstance(batches[0], Mapping):
+        x, y = batches
+        if len(x) != len(y):
+            raise ValueError(f"inputs and labels differ in length: {len(x)} != {len(y)}")
+        batches = (
+            {"inputs": x[i : i + batch_size], "labels": y[i : i + batch_size]}
+            for i in range(0, len(x), batch_size)
+        )
+    correct = nll = 0.0
+    count = 0
+    for b in batches:
+        batch_parts(b, needs_labels=True, has_teacher=True)
+        c, n = _batch_counts_jit(apply, params, b["inputs"], b["labels"])
+        correct += float(c)
+        nll += float(n)
+        count += int(np.shape(b["labels"])[0])
+    if count == 0:
+        raise ValueError("batches is empty")
+    return {"accuracy": correct / count, "loss": nll / count, "count": count}
+
+
+def fit(
+    step: Callable,
+    state: DistillState,
+    teacher_params: PyTree,
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    steps: int,
+    log_every: int = 10,
+    eval_fn: Callable[[DistillState], Mapping[str, float]] | None = None,
+    eval_every: int | None = None,
+    progress: bool = True,
+    description: str = "distill",
+) -> tuple[DistillState, list[dict[str, float]]]:
+    """Runs ``steps`` distillation steps with a live progress bar (the loop outside jit).
+
+    Args:
+      step: from `make_step`; jitted here unless it already is.
+      state: the starting `DistillState`.
+      teacher_params: the teacher's parameters (None with cached teacher logits).
+      batches: an iterator of batches (e.g. `lightcomp.data.batches`, `cached_batches`).
+      steps: how many steps to run.
+      log_every: fetch metrics (a host sync) every this many steps and at the end.
+      eval_fn: ``state -> {name: float}`` (e.g. test accuracy via `evaluate`).
+      eval_every: call ``eval_fn`` every this many steps (default: only at the end).
+      progress: show a ``rich`` progress bar with the latest loss and accuracy.
+      description: the bar's label.
+
+    Returns:
+      ``(state, history)``; ``history`` is a list of ``{"step": int, metric: float, ...}``
+      rows, one per fetch, evaluation results merged into the row of their step.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if log_every < 1:
+        raise ValueError(f"log_every must be >= 1, got {log_every}")
+    if eval_every is not None and eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1 or None, got {eval_every}")
+    run = step if hasattr(step, "lower") else jax.jit(step)
+    it = iter(batches)
+    history: list[dict[str, float]] = []
+
+    def summary(row):
+        keys = ("loss", "accuracy", "agreement", "sparsity", "eval_accuracy")
+        return "  ".join(f"{k} {row[k]:.4f}" for k in keys if k in row)
+
+    bar = task = None
+    if progress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        bar.start()
+        task = bar.add_task(description, total=steps, info="")
+    try:
+        for i in range(1, steps + 1):
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise ValueError(f"batches ran out after {i - 1} of {steps} steps") from None
+            state, metrics = run(state, teacher_params, batch)
+            do_eval = eval_fn is not None and (
+                i == steps or (eval_every is not None and i % eval_every == 0)
+            )
+            if i % log_every == 0 or i == steps or do_eval:
+                row = {"step": i}
+                row.update({k: float(np.mean(v)) for k, v in jax.device_get(metrics).items()})
+                if do_eval:
+                    row.update({f"eval_{k}": float(v) for k, v in eval_fn(state).items()})
+                history.append(row)
+                if bar is not None:
+                    bar.update(task, info=summary(row))
+            if bar is not None:
+                bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return state, history

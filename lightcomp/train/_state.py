@@ -1,0 +1,121 @@
+"""`DistillState`: everything a distillation run carries from step to step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from lightcomp import _checks, prune, transform, tree
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class DistillState:
+    """Everything a distillation run carries from step to step (a pytree).
+
+    Attributes:
+      step: int32 ``[]``, the number of steps taken.
+      params: the student's raw parameters (pruned entries exactly 0).
+      opt_state: the optax state over the trainable part of ``(params, comp_state)``
+        (`lightcomp.transform.split_trainable`): floating params and `Learned` leaves.
+      comp_state: the compression transform's state (masks, ranges, centroids, ...).
+      rng: a PRNG key, split once per step (dropout and stochastic rounding draw from it).
+    """
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+    comp_state: PyTree
+    rng: jax.Array
+
+
+def check_optimizer(optimizer: Any) -> None:
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(
+            f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}"
+        )
+
+
+def check_transform(t: Any) -> None:
+    if not isinstance(t, transform.Transform):
+        raise TypeError(
+            "transform must be a lightcomp Transform (use lightcomp.identity() for none), "
+            f"got {type(t).__name__}"
+        )
+
+
+def check_float_dtype(dtype: Any, argname: str) -> None:
+    try:
+        ok = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"{argname} must be a floating dtype such as jnp.bfloat16, got {dtype!r}")
+
+
+def cast_floating(params: PyTree, dtype: Any) -> PyTree:
+    """Casts every floating leaf of ``params`` to ``dtype`` (e.g. a bfloat16 teacher), once.
+
+    Args:
+      params: a parameter pytree.
+      dtype: a floating dtype such as ``jnp.bfloat16``.
+
+    Returns:
+      ``params`` with floating leaves cast; integer and boolean leaves untouched.
+    """
+    check_float_dtype(dtype, "dtype")
+    return jax.tree.map(lambda x: x.astype(dtype) if tree.is_floating(x) else x, params)
+
+
+def effective_params(state: DistillState, t: transform.Transform) -> PyTree:
+    """The parameters the student computes with: ``t.apply(state.params, state.comp_state)``."""
+    return t.apply(state.params, state.comp_state)
+
+
+def init_state(
+    params: PyTree, optimizer: optax.GradientTransformation, transform: transform.Transform, key
+) -> DistillState:
+    """Builds the `DistillState` of a distillation run.
+
+    The transform is initialised on ``params`` with one half of ``key`` (the other half
+    becomes ``state.rng``); weights its masks prune are set to 0; the optimizer state
+    covers the trainable part of ``(params, comp_state)``.
+
+    Args:
+      params: the student's parameter pytree (linen ``params`` dict, ``nnx.State``, ...).
+      optimizer: an optax ``GradientTransformation``.
+      transform: a `lightcomp.Transform` (``lightcomp.identity()`` for plain distillation).
+      key: a PRNG key (``jax.random.key(0)``).
+
+    Returns:
+      `DistillState` with ``step == 0``.
+    """
+    check_optimizer(optimizer)
+    check_transform(transform)
+    _checks.check_key(key)
+    tree.leaves_with_paths(params, argname="params")
+    key_init, key_run = jax.random.split(key)
+    comp_state = transform.init(params, key_init)
+    params = constrain(params, comp_state)
+    trainable, _ = transform.split_trainable(params, comp_state)
+    return DistillState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(trainable),
+        comp_state=comp_state,
+        rng=key_run,
+    )
+
+
+def constrain(params: PyTree, comp_state: PyTree) -> PyTree:
+    """Pruned weights exactly 0: the masks of ``comp_state`` applied to ``params``."""
+    masks = transform.masks_of(comp_state)
+    if masks is None:
+        return params
+    tree.check_mirror(params, masks, "the compression state's masks")
+    return prune.zero_pruned(params, masks)

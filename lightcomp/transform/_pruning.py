@@ -1,0 +1,228 @@
+"""`pruning`: masks of the lowest-scoring weights, recomputed on a schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from lightcomp import _checks, prune, tree
+from lightcomp.transform._base import Transform, check_state, fingerprint
+
+PyTree = Any
+
+
+@struct.dataclass
+class PruningState:
+    """State of `pruning` (arrays only; the configuration is in the transform's closure).
+
+    Attributes:
+      masks: bool tree mirroring params (True = kept), None at unselected leaves.
+      sparsity: float32 ``[]``, the target sparsity the masks were computed for.
+      fingerprint: the static configuration it was built under (pytree aux data).
+    """
+
+    masks: PyTree
+    sparsity: jax.Array
+    fingerprint: str = struct.field(pytree_node=False, default="")
+
+
+def _as_schedule(sparsity: Any) -> tuple[Callable[[jax.Array], jax.Array], bool]:
+    """A float or a ``step -> sparsity`` function -> (jittable schedule, is_constant)."""
+    if callable(sparsity):
+        try:
+            out = jax.eval_shape(sparsity, jax.ShapeDtypeStruct((), jnp.int32))
+        except Exception as e:
+            raise TypeError(
+                "sparsity_or_schedule must be a jittable step -> sparsity function; calling "
+                f"it on a traced int32 step failed: {type(e).__name__}: {e}"
+            ) from e
+        if not hasattr(out, "shape") or tuple(out.shape) != ():
+            raise ValueError(f"sparsity_or_schedule must return a scalar, got {out}")
+        return (lambda step: jnp.asarray(sparsity(step), jnp.float32)), False
+    try:
+        s = _checks.check_fraction(sparsity, "sparsity_or_schedule")
+    except TypeError:
+        raise TypeError(
+            "sparsity_or_schedule must be a float in [0, 1) or a step -> sparsity function "
+            f"(e.g. lightcomp.prune.polynomial_schedule(...)), got {type(sparsity).__name__}"
+        ) from None
+    return (lambda step: jnp.full((), s, jnp.float32)), True
+
+
+def _nm_sparsity(sparsity: Any, granularity: prune.NM) -> Any:
+    """n:m fixes the sparsity: None means it; a number must be it or 0 (dense)."""
+    fixed = granularity.sparsity
+    if sparsity is None:
+        return fixed
+    if not callable(sparsity):
+        s = _checks.check_fraction(sparsity, "sparsity_or_schedule")
+        if s not in (0.0, fixed):
+            raise ValueError(
+                f"granularity {granularity} fixes the sparsity at {fixed}; "
+                f"got sparsity_or_schedule={s} (pass None)"
+            )
+    return sparsity
+
+
+def pruning(
+    sparsity_or_schedule: float | Callable[[jax.Array], jax.Array] | None = None,
+    *,
+    score: str | Callable[..., PyTree] = "magnitude",
+    scope: str = "layer",
+    granularity: Any = "element",
+    n: int | None = None,
+    m: int | None = None,
+    block: int | tuple[int, int] | None = None,
+    update_every: int | None = None,
+    begin_step: int = 0,
+    end_step: int | None = None,
+    select: tree.SelectLike = None,
+) -> Transform:
+    """Masks the lowest-scoring weights of the selected leaves (they become exactly 0.0).
+
+    Masks come from `lightcomp.prune.masks` over a score tree. At ``init`` (when
+    ``begin_step == 0`` and the score needs no gradients) they are computed at the
+    schedule's sparsity at step 0, so a constant sparsity prunes at once; otherwise
+    nothing is pruned until ``update`` decides to. ``update`` recomputes the masks inside
+    ``[begin_step, end_step]``: with ``update_every=None`` whenever the scheduled sparsity
+    differs from the masks' (never again for a constant one); with ``update_every=k``
+    every ``k`` steps from ``begin_step`` (gradient scores and regrowth need this). The
+    decision is a ``lax.cond`` on the traced step: ``update`` compiles once.
+
+    Args:
+      sparsity_or_schedule: fraction of the selected weights set to zero, in ``[0, 1)``,
+        or a jittable ``step -> sparsity`` (`lightcomp.prune.polynomial_schedule`, ...).
+        With an n:m granularity: None (its fixed sparsity ``(m - n) / m``), that value, or
+        a schedule whose value is 0 (dense) or that value.
+      score: a score function - `lightcomp.prune.magnitude` (``|w|``), ``gradient``
+        (``|g|``), ``taylor`` (``|w g|``) or your own ``(params, grads) -> scores`` (float
+        arrays shaped like the selected leaves); the names ``"magnitude"``,
+        ``"gradient"``, ``"taylor"`` are aliases. Lowest scores go first.
+      scope: ``"layer"`` (each leaf gets the sparsity), ``"global"`` (one threshold over
+        all selected leaves) or ``"output"`` (per output channel).
+      granularity: ``lightcomp.prune.Element()``, ``Channel()``, ``Block(rows, cols)``,
+        ``NM(n, m)``, or the strings ``"element"``, ``"channel"``, ``"block"`` (with
+        ``block=``) and ``"n:m"`` (with ``n=``, ``m=``).
+      n, m, block: for the string forms of ``"n:m"`` and ``"block"``.
+      update_every: see above; None or an int >= 1.
+      begin_step: first step at which masks may change (before it nothing is pruned
+        unless ``begin_step == 0``).
+      end_step: last step at which masks may change (None: no end).
+      select: which leaves (`lightcomp.tree.as_select`).
+
+    Returns:
+      A `Transform` whose state is a `PruningState`.
+
+    Raises:
+      ValueError / TypeError: bad static configuration (raised here), or at ``init``
+        a selection that picks no leaf or a leaf the granularity cannot tile (naming it).
+
+    References:
+      Han et al. 2015, "Learning both Weights and Connections for Efficient Neural
+      Networks"; Zhu & Gupta 2017, "To prune, or not to prune" (gradual schedules).
+    """
+    _checks.check_choice(scope, ("layer", "global", "output"), "scope")
+    gran = prune.as_granularity(granularity, n=n, m=m, block=block)
+    if isinstance(gran, prune.NM):
+        sparsity_or_schedule = _nm_sparsity(sparsity_or_schedule, gran)
+    elif sparsity_or_schedule is None:
+        raise ValueError(
+            f"sparsity_or_schedule is None, but granularity {gran} needs a sparsity "
+            "(a float in [0, 1) or a schedule)"
+        )
+    if scope == "output" and not isinstance(gran, prune.Element):
+        raise ValueError("scope='output' works with element granularity only")
+    schedule, constant = _as_schedule(sparsity_or_schedule)
+    score_fn = prune.as_score(score)
+    update_every = _checks.check_opt_int(update_every, "update_every", lo=1)
+    begin_step = _checks.check_int(begin_step, "begin_step", lo=0)
+    end_step = _checks.check_opt_int(end_step, "end_step", lo=0)
+    if end_step is not None and end_step < begin_step:
+        raise ValueError(f"end_step ({end_step}) must be >= begin_step ({begin_step})")
+    rule = tree.as_select(select)
+    config = fingerprint("pruning", scope=scope, granularity=gran)
+    one_shot = constant and update_every is None and begin_step == 0
+    one_shot = one_shot and not score_fn.needs_grads
+
+    def target(step):
+        return jnp.where(step < begin_step, 0.0, schedule(step)).astype(jnp.float32)
+
+    def compute(params, grads, sparsity):
+        scores = score_fn.fn(params, grads, rule)
+        return prune.masks(scores, sparsity, scope=scope, granularity=gran)
+
+    def check(params, state):
+        check_state(state, PruningState, config)
+        tree.check_mirror(params, state.masks, "pruning state masks")
+
+    def init(params, key):
+        del key
+        tree.selection(params, rule, require_any=True)
+        if begin_step == 0 and not score_fn.needs_grads:
+            s0 = target(jnp.zeros((), jnp.int32))
+            return PruningState(compute(params, None, s0), s0, config)
+        ones = tree.map_selected(
+            lambda w: jnp.ones(w.shape, bool), params, select=rule, unselected="none"
+        )
+        return PruningState(ones, jnp.zeros((), jnp.float32), config)
+
+    def apply(params, state):
+        check(params, state)
+        return prune.zero_pruned(params, state.masks)
+
+    def update(params, state, grads, step):
+        check(params, state)
+        if score_fn.needs_grads:
+            if grads is None:
+                raise ValueError("pruning with a gradient score needs grads in update")
+            tree.check_mirror(params, grads, "grads")
+        if one_shot:
+            return state  # pruned at init; nothing can change
+        step = jnp.asarray(step, jnp.int32)
+        s = target(step)
+        due = step >= begin_step
+        if end_step is not None:
+            due &= step <= end_step
+        if update_every is None:
+            due &= s != state.sparsity
+        else:
+            due &= (step - begin_step) % update_every == 0
+        masks = jax.lax.cond(due, lambda: compute(params, grads, s), lambda: state.masks)
+        return state.replace(masks=masks, sparsity=jnp.where(due, s, state.sparsity))
+
+    return Transform(init, apply, update)
+
+
+def masks_of(comp_state: PyTree) -> PyTree | None:
+    """The AND of every pruning mask in a (possibly chained, nested) transform state.
+
+    Args:
+      comp_state: a transform state (a `PruningState`, a chain's tuple, nested tuples).
+
+    Returns:
+      A bool tree mirroring params (None at leaves no pruning transform selects),
+      or None when the state holds no `PruningState`.
+    """
+    found = [
+        s
+        for s in jax.tree.leaves(comp_state, is_leaf=lambda x: isinstance(x, PruningState))
+        if isinstance(s, PruningState)
+    ]
+    if not found:
+        return None
+
+    def both(a, b):
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return jnp.logical_and(a, b)
+
+    out = found[0].masks
+    for s in found[1:]:
+        out = jax.tree.map(both, out, s.masks, is_leaf=lambda x: x is None)
+    return out
