@@ -34,6 +34,7 @@ from lightcomp.transform import (
     pruning,
     weight_sharing,
 )
+from lightcomp.train import effective, wrap_optax
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "cluster",
     "combine",
     "data",
+    "effective",
     "distill",
     "export",
     "fake_quantization",
@@ -63,4 +65,5 @@ __all__ = [
     "transform",
     "tree",
     "weight_sharing",
+    "wrap_optax",
 ]

@@ -17,17 +17,26 @@ References:
 
 from lightcomp.train._adapters import linen_apply, nnx_apply
 from lightcomp.train._loop import evaluate, fit
+from lightcomp.train._optax_wrap import (
+    CompressionState,
+    effective,
+    find_compression_state,
+    wrap_optax,
+)
 from lightcomp.train._state import DistillState, cast_floating, effective_params, init_state
 from lightcomp.train._step import make_step
 from lightcomp.train._student_init import keep_layers, slice_channels
 from lightcomp.train._teacher_cache import cached_batches, teacher_logits
 
 __all__ = [
+    "CompressionState",
     "DistillState",
     "cached_batches",
     "cast_floating",
+    "effective",
     "effective_params",
     "evaluate",
+    "find_compression_state",
     "fit",
     "init_state",
     "keep_layers",
@@ -36,4 +45,5 @@ __all__ = [
     "nnx_apply",
     "slice_channels",
     "teacher_logits",
+    "wrap_optax",
 ]
