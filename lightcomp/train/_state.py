@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lightcomp import _checks, prune, transform, tree
+from lightcomp import _checks, prune, tree
+from lightcomp.transform import Transform, masks_of, split_trainable
 
 PyTree = Any
 
@@ -22,7 +23,7 @@ class DistillState:
       step: int32 ``[]``, the number of steps taken.
       params: the student's raw parameters (pruned entries exactly 0).
       opt_state: the optax state over the trainable part of ``(params, comp_state)``
-        (`lightcomp.transform.split_trainable`): floating params and `Learned` leaves.
+        (`lightcomp.split_trainable`): floating params and `Learned` leaves.
       comp_state: the compression transform's state (masks, ranges, centroids, ...).
       rng: a PRNG key, split once per step (dropout and stochastic rounding draw from it).
     """
@@ -42,7 +43,7 @@ def check_optimizer(optimizer: Any) -> None:
 
 
 def check_transform(t: Any) -> None:
-    if not isinstance(t, transform.Transform):
+    if not isinstance(t, Transform):
         raise TypeError(
             "transform must be a lightcomp Transform (use lightcomp.identity() for none), "
             f"got {type(t).__name__}"
@@ -72,13 +73,13 @@ def cast_floating(params: PyTree, dtype: Any) -> PyTree:
     return jax.tree.map(lambda x: x.astype(dtype) if tree.is_floating(x) else x, params)
 
 
-def effective_params(state: DistillState, t: transform.Transform) -> PyTree:
+def effective_params(state: DistillState, t: Transform) -> PyTree:
     """The parameters the student computes with: ``t.apply(state.params, state.comp_state)``."""
     return t.apply(state.params, state.comp_state)
 
 
 def init_state(
-    params: PyTree, optimizer: optax.GradientTransformation, transform: transform.Transform, key
+    params: PyTree, optimizer: optax.GradientTransformation, transform: Transform, key
 ) -> DistillState:
     """Builds the `DistillState` of a distillation run.
 
@@ -102,7 +103,7 @@ def init_state(
     key_init, key_run = jax.random.split(key)
     comp_state = transform.init(params, key_init)
     params = constrain(params, comp_state)
-    trainable, _ = transform.split_trainable(params, comp_state)
+    trainable, _ = split_trainable(params, comp_state)
     return DistillState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -114,7 +115,7 @@ def init_state(
 
 def constrain(params: PyTree, comp_state: PyTree) -> PyTree:
     """Pruned weights exactly 0: the masks of ``comp_state`` applied to ``params``."""
-    masks = transform.masks_of(comp_state)
+    masks = masks_of(comp_state)
     if masks is None:
         return params
     tree.check_mirror(params, masks, "the compression state's masks")

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from lightcomp import _checks, distill, prune, transform, tree
+from lightcomp import _checks, distill, prune, tree
 from lightcomp.train._batch import batch_parts, check_logits
 from lightcomp.train._state import (
     DistillState,
@@ -27,6 +27,7 @@ from lightcomp.train._state import (
     check_transform,
     constrain,
 )
+from lightcomp.transform import Transform, join, masks_of, split_trainable
 
 PyTree = Any
 Apply = Callable[..., jax.Array]
@@ -136,7 +137,7 @@ def make_step(
     student_apply: Apply,
     teacher_apply: Apply | None,
     optimizer: optax.GradientTransformation,
-    transform: transform.Transform,
+    transform: Transform,
     loss: Callable[..., Any] | None = None,
     *,
     axis_name: str | None = None,
@@ -238,16 +239,16 @@ def make_step(
             has_teacher=teacher_params is not None,
             label_only=label_only,
         )
-        trainable, rest = transform.split_trainable(state.params, state.comp_state)
+        trainable, rest = split_trainable(state.params, state.comp_state)
         _check_opt_state(state.opt_state, optimizer, trainable)
-        masks = transform.masks_of(state.comp_state)
+        masks = masks_of(state.comp_state)
         next_rng, key = jax.random.split(state.rng)
         if axis_name is not None:
             key = jax.random.fold_in(key, lax.axis_index(axis_name))
         t_logits = teacher_forward(teacher_params, inputs, cached)
 
         def objective(trainable):
-            eff = t.apply(*transform.join(trainable, rest))
+            eff = t.apply(*join(trainable, rest))
             out = student_apply(eff, inputs, key) if pass_rng else student_apply(eff, inputs)
             s_logits = jnp.asarray(out)
             t_in = lax.stop_gradient(s_logits.astype(jnp.float32)) if t_logits is None else t_logits
@@ -261,10 +262,10 @@ def make_step(
         )
         grads = reduce(grads, key)
         updates, opt_state = _optimizer_update(optimizer, grads, state.opt_state, trainable, masks)
-        params, comp_state = transform.join(optax.apply_updates(trainable, updates), rest)
+        params, comp_state = join(optax.apply_updates(trainable, updates), rest)
         comp_state = t.update(params, comp_state, grads[0], state.step)
         params = constrain(params, comp_state)
-        sparsity = _sparsity(transform.masks_of(comp_state))
+        sparsity = _sparsity(masks_of(comp_state))
         metrics = _metrics(value, parts, s_logits, t_in, labels, sparsity)
         if axis_name is not None:
             metrics = lax.pmean(metrics, axis_name)

@@ -39,7 +39,7 @@ def test_split_trainable_takes_float_params_and_learned_leaves_once(params, deep
     assert c[1].assignments["Dense_0"]["kernel"] is None  # integer codes are fixed
     chex.assert_trees_all_equal(c[1].centroids.value, s[1].centroids.value)
     chex.assert_trees_all_equal(c[2].scales.value, s[2].scales.value)
-    assert rest[1].centroids.value["Dense_0"]["kernel"] is None
+    assert rest[1][1].centroids.value["Dense_0"]["kernel"] is None
     chex.assert_trees_all_equal(T.join(trainable, rest), (params, s))
     # the same split as partition followed by a float filter
     learned, _ = T.partition(s)

@@ -104,7 +104,7 @@ def test_pruning_structured(params, kernels, kw, zeros_per_kernel):
 
 
 def test_nm_needs_no_placeholder_sparsity(params, kernels):
-    t = T.pruning(granularity=prune.NM(2, 4))
+    t = T.pruning(granularity=prune.NM(1, 2))
     s = t.init(params, KEY)
     assert float(s.sparsity) == 0.5
     with pytest.raises(ValueError, match="needs a sparsity"):
