@@ -173,7 +173,7 @@ def cosine_fraction(alpha: float, end_step: int) -> Schedule:
 
     Example:
       >>> frac = lc.prune.cosine_fraction(0.3, end_step=100)
-      >>> frac(jnp.array([0, 50, 100]))
+      >>> frac(jnp.array([0, 50, 100])).round(3)
       Array([0.3 , 0.15, 0.  ], dtype=float32)
     """
     check_fraction(alpha, "alpha", allow_one=True)

@@ -311,6 +311,33 @@ class ScoreFn(NamedTuple):
 _ALIASES = {"magnitude": magnitude, "gradient": gradient, "taylor": taylor}
 
 
+def _check_grads(grads: PyTree, name: str) -> None:
+    if grads is None:
+        raise ValueError(f"score {name} needs grads, got None")
+
+
+def _magnitude_fn(params, grads, select):
+    del grads
+    return magnitude(params, select=select)
+
+
+def _gradient_fn(params, grads, select):
+    _check_grads(grads, "gradient")
+    return gradient(params, grads, select=select)
+
+
+def _taylor_fn(params, grads, select):
+    _check_grads(grads, "taylor")
+    return taylor(params, grads, select=select)
+
+
+_LIBRARY = (
+    (magnitude, ScoreFn(_magnitude_fn, False)),
+    (gradient, ScoreFn(_gradient_fn, True)),
+    (taylor, ScoreFn(_taylor_fn, True)),
+)
+
+
 def as_score(score: str | Callable[..., PyTree] | ScoreFn) -> ScoreFn:
     """Turns a score (a library function, its name, or a user function) into a `ScoreFn`.
 
@@ -346,23 +373,11 @@ def as_score(score: str | Callable[..., PyTree] | ScoreFn) -> ScoreFn:
                 f"scores, got {score!r}"
             )
         score = _ALIASES[score]
-    if score is magnitude:
-        return ScoreFn(lambda params, grads, select: magnitude(params, select=select), False)
-    if score is gradient or score is taylor:
-        library = score
-
-        def fn(params, grads, select):
-            _check_grads(grads, library.__name__)
-            return library(params, grads, select=select)
-
-        return ScoreFn(fn, True)
     check_callable(score, "score")
+    for library, score_fn in _LIBRARY:
+        if score is library:
+            return score_fn
     return ScoreFn(_user_score(score), True)
-
-
-def _check_grads(grads: PyTree, name: str) -> None:
-    if grads is None:
-        raise ValueError(f"score {name} needs grads, got None")
 
 
 def _user_score(score: Callable[[PyTree, PyTree], PyTree]):
