@@ -36,19 +36,17 @@ from lightcomp.prune._schedules import (
 )
 from lightcomp.prune._scores import (
     ScoreFn,
-    SqGrads,
     as_score,
     fisher,
     gradient,
     magnitude,
     movement,
     random_scores,
-    sq_grads_init,
-    sq_grads_update,
     taylor,
     wanda,
 )
 from lightcomp.prune._shrink import shrink
+from lightcomp.prune._sq_grads import SqGrads, sq_grads_init, sq_grads_update
 
 # The names of 0.1.0.
 constant = constant_schedule

@@ -14,7 +14,7 @@ from lightcomp.prune._scores import ScoreFn, as_score, magnitude, wanda
 PyTree = Any
 
 
-def _scores(params, score, input_norms, grads, select) -> PyTree:
+def _scores_of(params, score, input_norms, grads, select) -> PyTree:
     """The scores tree ``one_shot_prune`` ranks, from a score function, name or tree."""
     if score is wanda:
         if input_norms is None:
@@ -91,6 +91,6 @@ def one_shot_prune(
         score = wanda
     if scope is None:
         scope = "output" if score is wanda and isinstance(gran, Element) else "layer"
-    scores = _scores(params, score, input_norms, grads, select)
+    scores = _scores_of(params, score, input_norms, grads, select)
     mk = masks(scores, sparsity, scope=scope, granularity=gran, keep_one=keep_one)
     return apply_masks(params, mk), mk
