@@ -19,6 +19,7 @@ from lightcomp import (
     transform,
     tree,
 )
+from lightcomp.train import effective, wrap_optax
 from lightcomp.transform import (
     FakeQuantState,
     Learned,
@@ -34,7 +35,6 @@ from lightcomp.transform import (
     pruning,
     weight_sharing,
 )
-from lightcomp.train import effective, wrap_optax
 
 __version__ = "0.1.0"
 

@@ -319,15 +319,18 @@ def check_mirror(
     other: PyTree,
     what: str,
     shape_fn: Callable[[Any], tuple[int, ...]] | None = None,
+    *,
+    shapes: bool = True,
 ) -> list[Any]:
     """Checks that ``other`` mirrors ``reference`` (None allowed at leaves) with matching shapes.
 
     Args:
       reference: the parameter tree.
-      other: a state tree (masks, codes, scales) with ``reference``'s structure, None at
+      other: a tree with ``reference``'s structure (masks, codes, scores, grads), None at
         leaves it does not cover.
-      what: how the message names ``other`` (e.g. ``"pruning state masks"``).
+      what: how the message names ``other`` (e.g. ``"masks"``).
       shape_fn: ``leaf -> shape`` an entry must have (default: the leaf's own shape).
+      shapes: also check the shapes (False: the structure only).
 
     Returns:
       ``other``'s entries aligned with ``reference``'s leaves (None where uncovered).
@@ -337,19 +340,17 @@ def check_mirror(
     """
     bad = first_mismatch(reference, other)
     if bad is not None:
-        raise ValueError(
-            f"{what} does not match params: first mismatching path {bad!r} "
-            "(was it built from these params?)"
-        )
+        raise ValueError(f"{what} does not mirror params: mismatch at leaf {bad!r}")
     items = leaves_with_paths(reference)
     flat = jax.tree.structure(reference).flatten_up_to(other)
+    if not shapes:
+        return flat
     for (path, leaf), entry in zip(items, flat, strict=True):
         if entry is None:
             continue
         want = tuple(shape_fn(leaf) if shape_fn else leaf.shape)
-        if tuple(jnp.shape(entry)) != want:
-            raise ValueError(
-                f"{what} does not match params at {path!r}: shape {tuple(jnp.shape(entry))}, "
-                f"expected {want} for a leaf of shape {tuple(leaf.shape)}"
-            )
+        got = tuple(jnp.shape(entry))
+        if got != want:
+            expected = f"expected {want}" if shape_fn else f"params has {want}"
+            raise ValueError(f"{what} leaf {path!r} has shape {got}, {expected}")
     return flat

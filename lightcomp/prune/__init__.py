@@ -23,7 +23,7 @@ from lightcomp.prune._granularity import NM, Block, Channel, Element, Granularit
 from lightcomp.prune._input_norms import input_norms
 from lightcomp.prune._masks import apply_masks, masks
 from lightcomp.prune._one_shot import one_shot_prune
-from lightcomp.prune._optax import keep_pruned, reset_moments, zero_pruned
+from lightcomp.prune._optax import keep_pruned, land_pruned, reset_moments, zero_pruned
 from lightcomp.prune._penalties import group_lasso_penalty, l1_penalty
 from lightcomp.prune._report import sparsity_report, sparsity_table
 from lightcomp.prune._rigl import prune_and_regrow
@@ -77,6 +77,7 @@ __all__ = [
     "iterative_schedule",
     "keep_pruned",
     "l1_penalty",
+    "land_pruned",
     "magnitude",
     "masks",
     "movement",

@@ -19,7 +19,6 @@ import numpy as np
 from lightcomp import tree as lt
 from lightcomp._checks import check_bool, check_choice, check_fraction, is_traced
 from lightcomp.prune._granularity import NM, Block, Channel, Element, Granularity, as_granularity
-from lightcomp.prune._mirror import check_mirror, check_same_shape
 from lightcomp.prune._optax import zero_pruned
 from lightcomp.prune._ranking import lowest_k, lowest_units, nm_keep
 
@@ -128,16 +127,8 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
       Array([[ 0., -3.],
              [ 0.,  2.]], dtype=float32)
     """
-    check_mirror(params, masks, "masks")
-    for (path, w), mk in zip(lt.leaves_with_paths(params), _aligned(params, masks), strict=True):
-        if mk is not None:
-            check_same_shape(path, w, mk, "masks")
+    lt.check_mirror(params, masks, "masks")
     return zero_pruned(params, masks)
-
-
-def _aligned(params: PyTree, other: PyTree) -> list:
-    """``other``'s leaves (None included) in the flattening order of ``params``' leaves."""
-    return jax.tree.structure(params).flatten_up_to(other)
 
 
 # ------------------------------------------------------------------------ checks

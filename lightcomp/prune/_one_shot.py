@@ -8,7 +8,6 @@ from typing import Any
 from lightcomp import tree as lt
 from lightcomp.prune._granularity import Element, Granularity, as_granularity
 from lightcomp.prune._masks import apply_masks, masks
-from lightcomp.prune._mirror import check_mirror
 from lightcomp.prune._scores import ScoreFn, as_score, magnitude, wanda
 
 PyTree = Any
@@ -21,7 +20,7 @@ def _scores_of(params, score, input_norms, grads, select) -> PyTree:
             raise ValueError("score=wanda needs input_norms= (see lightcomp.prune.input_norms)")
         return wanda(params, input_norms, select=select)
     if not (isinstance(score, (str, ScoreFn)) or callable(score)):
-        check_mirror(params, score, "score")
+        lt.check_mirror(params, score, "score")
         return score
     try:
         fn, needs_grads = as_score(score)

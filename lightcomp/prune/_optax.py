@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lightcomp.prune._mirror import check_mirror
+from lightcomp import tree
 
 PyTree = Any
 
@@ -48,8 +48,19 @@ def zero_pruned(tree: PyTree, masks: PyTree) -> PyTree:
     return jax.tree.map(one, tree, masks, is_leaf=lambda x: x is None)
 
 
-def _landing_updates(updates: PyTree, masks: PyTree, params: PyTree) -> PyTree:
-    """Updates with ``-w`` at pruned positions, so ``params + updates`` is exactly 0 there."""
+def land_pruned(updates: PyTree, masks: PyTree, params: PyTree) -> PyTree:
+    """Updates with ``-w`` at pruned positions, so ``params + updates`` is exactly 0 there.
+
+    No validation (callers check that ``masks`` mirrors ``updates``). Jittable.
+
+    Args:
+      updates: optax updates shaped like ``params``.
+      masks: bool tree mirroring ``params`` (True = kept), None where nothing is pruned.
+      params: the current parameters.
+
+    Returns:
+      ``where(mask, u, -w)`` at every masked leaf.
+    """
 
     def one(u, mk, p):
         if mk is None or u is None:
@@ -102,10 +113,10 @@ def keep_pruned(
             if masks_fn is None:
                 raise ValueError("keep_pruned needs masks: give masks_fn or pass masks= to update")
             masks = masks_fn(params) if callable(masks_fn) else masks_fn
-        check_mirror(params, masks, "masks")  # at trace time only: no per-step cost
+        tree.check_mirror(params, masks, "masks")  # at trace time only: no per-step cost
         grads = zero_pruned(updates, masks)
         new_updates, state = inner.update(grads, state, params, **extra_args)
-        return _landing_updates(new_updates, masks, params), state
+        return land_pruned(new_updates, masks, params), state
 
     return optax.GradientTransformationExtraArgs(init, update)
 

@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lightcomp import tree
 from lightcomp._checks import check_fraction
-from lightcomp.prune._mirror import check_mirror
 from lightcomp.prune._optax import reset_moments, zero_pruned
 from lightcomp.prune._ranking import lowest_k
 
@@ -72,8 +72,8 @@ def prune_and_regrow(
       ([True, True, False, False], [0.0, 3.0, 0.0, 0.0])
     """
     check_fraction(fraction, "fraction", allow_one=True)
-    check_mirror(params, masks, "masks")
-    check_mirror(params, grads, "grads")
+    tree.check_mirror(params, masks, "masks")
+    tree.check_mirror(params, grads, "grads")
 
     def one(w, mk, g):
         return None if mk is None else _regrow_leaf(w, mk, g, fraction)

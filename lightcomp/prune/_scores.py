@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from lightcomp import tree as lt
 from lightcomp._checks import check_callable, check_floating, check_key
-from lightcomp.prune._mirror import check_mirror, check_same_shape
 
 PyTree = Any
 
@@ -27,13 +26,12 @@ def map_scores(fn, params: PyTree, *others: PyTree, select, names) -> PyTree:
     hold an array of the leaf's shape at every selected leaf.
     """
     for other, name in zip(others, names, strict=True):
-        check_mirror(params, other, name)
+        lt.check_mirror(params, other, name)
 
     def one(path, w, *rest):
         for r, name in zip(rest, names, strict=True):
             if r is None:
                 raise ValueError(f"{name} has no value at selected leaf {path!r}")
-            check_same_shape(path, w, r, name)
         return fn(path, w, *rest)
 
     return lt.map_selected(one, params, *others, select=select, unselected="none", with_path=True)
@@ -218,7 +216,7 @@ def wanda(params: PyTree, input_norms: PyTree, *, select: lt.SelectLike = None) 
       Array([[2. , 4. ],
              [1.5, 2. ]], dtype=float32)
     """
-    check_mirror(params, input_norms, "input_norms")
+    lt.check_mirror(params, input_norms, "input_norms", shapes=False)
 
     def one(path, w, norm):
         if norm is None:
@@ -332,13 +330,12 @@ def _user_score(score: Callable[[PyTree, PyTree], PyTree]):
         if sc is None:
             raise ValueError(f"{argname} has no value at selected leaf {path!r}")
         check_floating(sc, argname, path=path)
-        check_same_shape(path, w, sc, argname)
         return jnp.asarray(sc, jnp.float32)
 
     def fn(params, grads, select):
         _check_grads(grads, "function")
         scores = score(params, grads)
-        check_mirror(params, scores, argname)
+        lt.check_mirror(params, scores, argname)
         return lt.map_selected(
             one, params, scores, select=select, unselected="none", with_path=True
         )

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lightcomp import tree as lt
-from lightcomp.prune._mirror import check_mirror, check_same_shape
 
 PyTree = Any
 
@@ -87,12 +86,11 @@ def shrink(
     """
     if isinstance(order, str) or len(order) < 1:
         raise ValueError(f"order must be a sequence of layer paths, got {order!r}")
-    check_mirror(params, masks, "masks")
+    lt.check_mirror(params, masks, "masks")
     # Host-side NumPy: the output shapes depend on mask values, so this cannot jit.
     out = _copy(params)
     for path, mk in lt.leaves_with_paths(masks, argname="masks"):
         w = _get(out, path, "params")
-        check_same_shape(path, w, mk, "masks")
         _set(out, path, np.where(np.asarray(mk), w, np.zeros((), w.dtype)))
     for layer in order:
         if "kernel" not in _get(out, layer, "params"):
