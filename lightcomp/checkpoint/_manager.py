@@ -148,16 +148,20 @@ class Manager:
         step = _check_step(step)
         if not force and step % self.save_every:
             return False
+        cfg = self.config if config is None else _check_config(config)
+        return self._write(step, state, cfg, describe(state))
+
+    def _write(self, step: int, state: PyTree, config: dict, meta: dict) -> bool:
+        """Saves checked arguments (``meta = describe(state)``) as a new step."""
         if step in self._mgr.all_steps():
             raise self._error(
                 f"checkpoint {self.directory!r} already holds step {step}; refusing to overwrite it",
                 step,
             )
-        cfg = self.config if config is None else _check_config(config)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(encode(state)),
-            config=ocp.args.JsonSave(cfg),
-            meta=ocp.args.JsonSave(describe(state)),
+            config=ocp.args.JsonSave(config),
+            meta=ocp.args.JsonSave(meta),
         )
         return bool(self._mgr.save(step, args=args, force=True))
 
@@ -273,8 +277,9 @@ def save(
       CheckpointError: ``step`` already exists in ``directory``.
       TypeError: a bad ``step`` or ``config``, or a leaf that is not an array.
     """
-    with Manager(directory, max_to_keep=None, config=config) as m:
-        m.save(step, state, force=True)
+    step, config, meta = _check_step(step), _check_config(config), describe(state)
+    with Manager(directory, max_to_keep=None) as m:  # creates the directory: checks first
+        m._write(step, state, config, meta)
 
 
 def restore(

@@ -325,6 +325,12 @@ def test_save_rejects_bad_step_and_config(setup, tmp_path):
     with pytest.raises(TypeError, match="config must be a mapping"):
         ckpt.save(tmp_path, setup.fresh(), 0, config=[1, 2])
     assert ckpt.steps(tmp_path) == []
+    new = tmp_path / "new"
+    with pytest.raises(TypeError, match="step must be an int"):
+        ckpt.save(new, setup.fresh(), True)
+    with pytest.raises(TypeError, match="leaf 'a'"):
+        ckpt.save(new, {"a": "text"}, 0)
+    assert not new.exists()  # refused before anything was written
 
 
 # --------------------------------------------------------------------------- 0.1.0
