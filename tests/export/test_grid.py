@@ -74,14 +74,23 @@ def test_granularities_coarsest_first():
     assert granularities(()) == [{"kind": "tensor"}]
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_grid_values_is_dequantize_arithmetic(dtype):
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(6, 4)), dtype)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 16)), dtype)
     qt = lc.quant.quantize(x, 5, axis=-1)
-    gid = np.tile(np.arange(4), 6)
+    gid = np.tile(np.arange(16), 8)
     got = grid_values(np.asarray(qt.values).reshape(-1), np.asarray(qt.scale).reshape(-1), gid,
                       np.dtype(dtype))  # fmt: skip
-    _assert_bit_equal(got.reshape(6, 4), np.asarray(lc.quant.dequantize(qt)))
+    _assert_bit_equal(got.reshape(8, 16), np.asarray(lc.quant.dequantize(qt)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grid_values_is_float32_product_cast(dtype):
+    rng = np.random.default_rng(6)
+    n, gid = rng.integers(-100, 100, 30), rng.integers(0, 3, 30)
+    scale = rng.uniform(0.01, 2.0, 3).astype(np.float32)
+    want = np.array([np.float32(np.float32(a) * scale[g]) for a, g in zip(n, gid, strict=True)])
+    _assert_bit_equal(grid_values(n, scale, gid, np.dtype(dtype)), want.astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
