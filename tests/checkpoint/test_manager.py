@@ -1,7 +1,8 @@
-"""Tests for lightcomp.checkpoint: whole-DistillState save/restore with orbax, exact resume."""
+"""Tests of lightcomp.checkpoint._manager: whole-DistillState save/restore with orbax, exact resume."""
 
 import os
 import shutil
+from pathlib import Path
 
 import chex
 import jax
@@ -16,6 +17,7 @@ from lightcomp import checkpoint as ckpt
 from lightcomp import parallel
 
 N = 3  # steps before and after the save
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def _transform():
@@ -219,6 +221,9 @@ def test_manager_async_save(setup, tmp_path):
         ({"max_to_keep": 0}, ValueError, "max_to_keep"),
         ({"save_every": 0}, ValueError, "save_every"),
         ({"config": {"f": object()}}, TypeError, "JSON-serializable"),
+        ({"max_to_keep": 2.0}, TypeError, "max_to_keep must be an int"),
+        ({"save_every": True}, TypeError, "save_every must be an int"),
+        ({"async_save": "no"}, TypeError, "async_save must be True or False"),
     ],
 )
 def test_manager_bad_arguments(tmp_path, kwargs, exc, match):
@@ -320,3 +325,38 @@ def test_save_rejects_bad_step_and_config(setup, tmp_path):
     with pytest.raises(TypeError, match="config must be a mapping"):
         ckpt.save(tmp_path, setup.fresh(), 0, config=[1, 2])
     assert ckpt.steps(tmp_path) == []
+    new = tmp_path / "new"
+    with pytest.raises(TypeError, match="step must be an int"):
+        ckpt.save(new, setup.fresh(), True)
+    with pytest.raises(TypeError, match="leaf 'a'"):
+        ckpt.save(new, {"a": "text"}, 0)
+    assert not new.exists()  # refused before anything was written
+
+
+# --------------------------------------------------------------------------- 0.1.0
+
+
+def test_v010_checkpoint_restores(tmp_path):
+    """The checkpoint 0.1.0 wrote (step 3) restores into a target built as it was then."""
+    directory = tmp_path / "ckpt"
+    shutil.copytree(FIXTURES / "ckpt_v010", directory)  # never restore in place
+    _, s_params = lc.models.init_mlp([32, 10], 64, jax.random.key(1))
+    t2 = lc.chain(
+        lc.pruning(0.5), lc.weight_sharing(4), lc.fake_quantization(8, learned_scale=True)
+    )
+    st = lc.train.init_state(s_params, optax.adam(1e-3), t2, jax.random.key(2))
+    assert ckpt.steps(directory) == [3]
+    back = ckpt.restore(directory, st)
+    chex.assert_trees_all_equal_structs(back, st)
+    with np.load(FIXTURES / "ckpt_v010_leaves.npz") as z:
+        want = {k: z[k] for k in z.files}
+    got = _leaves(back)
+    assert [p.removesuffix("#key") for p, _, _ in got] == list(want)
+    for p, x, dtype in got:
+        if p.endswith("#key"):  # the PRNG key leaf: stored in the npz as its key data
+            assert jnp.issubdtype(back.rng.dtype, jax.dtypes.prng_key)
+            p = p.removesuffix("#key")
+        else:
+            assert dtype == str(want[p].dtype), p
+        assert x.dtype == want[p].dtype, p
+        np.testing.assert_array_equal(x, want[p], err_msg=p)

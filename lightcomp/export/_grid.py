@@ -1,0 +1,272 @@
+"""Uniform integer grids: detect ``x = float32(n * scale)`` in a leaf's values, and code it.
+
+A quantized leaf holds, per tensor, channel or group, values ``float32(n * scale)``
+cast to the leaf's dtype: the decoding arithmetic of `lightcomp.quant.dequantize`.
+`find_grid` recovers integers and float32 scales that reproduce every value bit for
+bit; `grid_candidates` stores them (scales, then the integers with one tensor-wide
+offset or a zero point per group, each integer stream at its own best coder).
+
+Granularities (JSON specs): ``{"kind": "tensor"}``; ``{"kind": "axis", "axis": a}``
+(one scale per index of axis ``a``); ``{"kind": "group", "gaxis": g, "size": s,
+"axis": a or None}`` (one scale per ``s`` consecutive indices of axis ``g``, and per
+index of axis ``a`` when given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import ml_dtypes
+import numpy as np
+
+from lightcomp.export._format import bits_of
+from lightcomp.export._streams import Candidate, best_ints, decode_ints, shift
+
+
+def group_ids(idx: np.ndarray, shape: tuple[int, ...], gran: dict) -> tuple[np.ndarray, int]:
+    """The group (one scale each) of every flat index ``idx`` of a leaf ``shape``.
+
+    Returns:
+      ``(gid, ngroups)``: int64 group ids shaped like ``idx``, in ``[0, ngroups)``.
+    """
+    if gran["kind"] == "tensor":
+        return np.zeros(idx.shape, np.int64), 1
+    strides = np.cumprod((1, *shape[::-1]))[:-1][::-1]
+
+    def coord(a):
+        return (idx // strides[a]) % shape[a]
+
+    if gran["kind"] == "axis":
+        return coord(gran["axis"]), shape[gran["axis"]]
+    ga, size = gran["gaxis"], gran["size"]
+    ngroups = shape[ga] // size
+    gid = coord(ga) // size
+    if gran.get("axis") is None:
+        return gid, ngroups
+    return gid * shape[gran["axis"]] + coord(gran["axis"]), ngroups * shape[gran["axis"]]
+
+
+def granularities(shape: tuple[int, ...]) -> list[dict]:
+    """The granularities tried for a leaf ``shape``, coarsest first.
+
+    Per tensor; per index of each axis longer than 1, last axis first; for rank >= 2,
+    groups of ``2**i`` (4096 down to 2, dividing and shorter than the axis) along the
+    second-to-last axis and then axis 0, per output channel (last axis) or not.
+    """
+    out: list[dict] = [{"kind": "tensor"}]
+    nd = len(shape)
+    out += [{"kind": "axis", "axis": a} for a in range(nd - 1, -1, -1) if shape[a] > 1]
+    if nd >= 2:
+        for ga in (nd - 2, 0) if nd > 2 else (0,):
+            sizes = [2**i for i in range(12, 0, -1) if shape[ga] % 2**i == 0 and 2**i < shape[ga]]
+            for size in sizes:
+                out += [
+                    {"kind": "group", "gaxis": ga, "size": size, "axis": a} for a in (nd - 1, None)
+                ]
+    return out
+
+
+def grid_values(n: np.ndarray, scale: np.ndarray, gid: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """``float32(n * scale[gid])`` cast to ``dt``: the arithmetic of `lightcomp.quant.dequantize`."""
+    return (n.astype(np.float32) * scale[gid]).astype(dt)
+
+
+def segment(fn: np.ufunc, init: float, values: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """float64 ``[k]``: ``fn`` (``np.maximum``, ``np.minimum``) over ``values`` grouped by ``ids``."""
+    out = np.full(k, init, np.float64)
+    with np.errstate(invalid="ignore"):  # NaN leaves: no grid, rejected by the caller
+        fn.at(out, ids, values)
+    return out
+
+
+def find_grid(v: np.ndarray, gid: np.ndarray, ngroups: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Integers ``n`` and float32 scales with ``grid_values(n, scale, gid) == v`` bitwise.
+
+    The step of each group is first estimated (the smallest gap between its distinct
+    magnitudes, then the min-max formulas of `lightcomp.quant` for 2..16 bits). Given
+    the integers of an estimate, the scales that reproduce every value form an interval
+    (each value's rounding interval divided by its integer), intersected per group;
+    scales from that interval are then verified by decoding.
+
+    Args:
+      v: the values ``[m]`` (float16, bfloat16 or float32), without negative zeros (a
+        grid decodes ``0 * scale`` to ``+0``; `encode_leaf` stores ``-0`` apart).
+      gid: their groups ``[m]``, from `group_ids`.
+      ngroups: the number of groups.
+
+    Returns:
+      ``(n, scale)``: int64 ``[m]`` and float32 ``[ngroups]``; None when some group is
+      not on a grid (or holds NaN or inf).
+    """
+    v64 = v.astype(np.float64)
+    a = np.abs(v64)
+    a_lo, a_hi = _rounding_interval(a, v.dtype)
+    fi = ml_dtypes.finfo(v.dtype)
+    tol = min(0.3, 2.0 ** (17 - fi.nmant))  # |v / est - n| allowed by v's own rounding
+    amax = segment(np.maximum, 0.0, a, gid, ngroups)
+    n_out = np.zeros(v.shape, np.int64)
+    scale = np.ones(ngroups, np.float32)
+    done = amax == 0  # all-zero groups: n = 0 with any scale
+    for est in _step_estimates(v64, a, amax, gid, ngroups):
+        if done.all():
+            break
+        est = np.where(np.isfinite(est) & (est > 0), est, 1.0)
+        with np.errstate(all="ignore"):
+            n = np.rint(v64 / est[gid])
+        if not np.all(np.isfinite(n)) or np.abs(n).max(initial=0) > 2**16:
+            continue
+        resid = segment(np.maximum, 0.0, np.abs(v64 / est[gid] - n), gid, ngroups)
+        if not np.any((resid < tol) & ~done):  # cheap rejection: values far from the grid
+            continue
+        lo, hi, bad = _scale_interval(v64, a_lo, a_hi, n, gid, ngroups)
+        good = ~bad & (lo <= hi) & ~done & (resid < tol)
+        if good.any():
+            for s in _scale_candidates(lo, hi, est):
+                if done.all():
+                    break
+                _take_exact(v, n, s, gid, good, n_out, scale, done)
+    return (n_out, scale) if done.all() else None
+
+
+def _rounding_interval(a: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 magnitudes that round to each ``|v|`` = ``a`` in ``dt`` (ties: verified)."""
+    fi = ml_dtypes.finfo(dt)
+    m, e = np.frexp(a)
+    ulp = np.maximum(np.ldexp(1.0, e - 1 - fi.nmant), float(fi.smallest_subnormal))
+    below = np.where(m == 0.5, ulp / 2, ulp)
+    return a - 0.5 * below, a + 0.5 * ulp
+
+
+def _step_estimates(v64, a, amax, gid, ngroups) -> Iterator[np.ndarray]:
+    """Candidate grid steps [ngroups]: the smallest gap, then min-max for 2..16 bits."""
+    vmax = segment(np.maximum, 0.0, v64, gid, ngroups)
+    vmin = segment(np.minimum, 0.0, v64, gid, ngroups)
+    order = np.lexsort((a, gid))
+    sa, sg = a[order], gid[order]
+    with np.errstate(invalid="ignore"):
+        d = np.diff(sa)
+    ok = (np.diff(sg) == 0) & (d > 0)
+    gap = segment(np.minimum, np.inf, d[ok], sg[1:][ok], ngroups)
+    first = segment(np.minimum, np.inf, a[a > 0], gid[a > 0], ngroups)
+    yield np.minimum(gap, first)
+    for b in range(2, 17):
+        yield amax / (2 ** (b - 1) - 1)
+        yield (np.maximum(vmax, 0) - np.minimum(vmin, 0)) / (2**b - 1)
+
+
+def _scale_interval(v64, a_lo, a_hi, n, gid, ngroups):
+    """Per group, the scales ``[lo, hi]`` that map ``n`` into every value's rounding interval.
+
+    Returns:
+      ``(lo, hi, bad)``: float64 ``[ngroups]`` bounds, and the groups where ``n`` cannot
+      work at all (a zero integer for a non-zero value or the converse, or a wrong sign).
+    """
+    an = np.abs(n)
+    nz = an > 0
+    bad = (nz != (np.abs(v64) > 0)) | (nz & (np.sign(n) != np.sign(v64)))
+    safe = np.where(nz, an, 1.0)
+    lo = segment(np.maximum, 0.0, np.where(nz, a_lo / safe, 0.0), gid, ngroups)
+    hi = segment(np.minimum, np.inf, np.where(nz, a_hi / safe, np.inf), gid, ngroups)
+    return lo, hi, segment(np.maximum, 0.0, bad.astype(np.float64), gid, ngroups) > 0
+
+
+def _scale_candidates(lo, hi, est) -> tuple[np.ndarray, ...]:
+    """float32 scales to try from ``[lo, hi]``: the middle, the ends, and their neighbours."""
+    with np.errstate(all="ignore"):
+        mid = np.where(np.isfinite(hi), (lo + hi) / 2, est).astype(np.float32)
+        lo32, hi32 = (
+            lo.astype(np.float32),
+            np.where(np.isfinite(hi), hi, est).astype(np.float32),
+        )
+    up, down = np.float32(np.inf), np.float32(0)
+    return (
+        mid,
+        np.nextafter(mid, up),
+        np.nextafter(mid, down),
+        lo32,
+        np.nextafter(lo32, up),
+        hi32,
+        np.nextafter(hi32, down),
+    )
+
+
+def _take_exact(v, n, s, gid, good, n_out, scale, done) -> None:
+    """Takes ``(n, s)`` for the good, unfinished groups it reproduces bitwise (in place)."""
+    s = np.where(np.isfinite(s) & (s > 0), s, np.float32(1)).astype(np.float32)
+    wrong = bits_of(grid_values(n, s, gid, v.dtype)) != bits_of(v)
+    wrong = segment(np.maximum, 0.0, wrong.astype(np.float64), gid, len(done)) > 0
+    new = good & ~wrong & ~done
+    take = new[gid]
+    n_out[take] = n[take]
+    scale[new] = s[new]
+    done |= new
+
+
+def grid_candidates(v: np.ndarray, idx: np.ndarray, shape, entropy: bool) -> list[Candidate]:
+    """Grid encodings of the values ``v`` at flat positions ``idx`` of a leaf ``shape``.
+
+    Granularities are tried coarsest first, skipping those with more scales than half
+    the values, and stop after the first grid of at most 8 bits. Each found grid gives
+    a candidate with one tensor-wide offset and, with several groups, one with a zero
+    point per group (affine). Part 0 holds the float32 scales, then the zero points,
+    then the integers.
+
+    Returns:
+      ``[(spec, blobs)]`` with spec ``{"val": "grid", "g", "G", "sp", "s", ...}``.
+    """
+    out = []
+    for gran in granularities(shape):
+        gid, ngroups = group_ids(idx, shape, gran)
+        if ngroups > max(v.size // 2, 1):
+            continue  # more scales than half the values: a codebook or raw floats win
+        found = find_grid(v, gid, ngroups)
+        if found is None:
+            continue
+        n, scale = found
+        base = {"val": "grid", "g": gran, "G": ngroups, "sp": 0}
+        lo = int(n.min(initial=0))
+        i_parts: list[bytes] = []
+        ispec = best_ints(n - lo, i_parts, entropy)
+        out.append(({**base, "off": lo, "s": shift(ispec, 1)}, [scale.tobytes(), *i_parts]))
+        if ngroups > 1:
+            out.append(_zero_point_candidate(base, n, scale, gid, ngroups, entropy))
+        if int(n.max(initial=0)) - lo < 256:
+            break  # a grid of at most 8 bits: finer granularities only add scales
+    return out
+
+
+def _zero_point_candidate(base, n, scale, gid, ngroups, entropy) -> Candidate:
+    """The affine candidate: a zero point per group (its minimum integer), then ``n - zp``."""
+    zp = np.full(ngroups, 2**20, np.int64)
+    np.minimum.at(zp, gid, n)
+    zp[zp == 2**20] = 0  # groups without values (all pruned)
+    zlo = int(zp.min(initial=0))
+    z_parts: list[bytes] = []
+    zspec = best_ints(zp - zlo, z_parts, entropy)
+    i_parts: list[bytes] = []
+    ispec = best_ints(n - zp[gid], i_parts, entropy)
+    spec = {**base, "zoff": zlo, "z": shift(zspec, 1), "s": shift(ispec, 1 + len(z_parts))}
+    return spec, [scale.tobytes(), *z_parts, *i_parts]
+
+
+def decode_grid(spec: dict, idx: np.ndarray, shape, dt: np.dtype, parts) -> np.ndarray:
+    """The values ``[m]`` (dtype ``dt``) a `grid_candidates` spec describes.
+
+    Raises:
+      ValueError: scales, integers or zero points do not match the leaf (corrupted).
+    """
+    gid, ngroups = group_ids(idx, shape, spec["g"])
+    if ngroups != spec["G"] or len(parts[spec["sp"]]) != 4 * ngroups:
+        raise ValueError("corrupted grid scales")
+    scale = np.frombuffer(parts[spec["sp"]], np.float32)
+    n = decode_ints(spec["s"], parts)
+    if n.size != idx.size:
+        raise ValueError("corrupted grid integers")
+    if "z" in spec:
+        zp = decode_ints(spec["z"], parts) + spec["zoff"]
+        if zp.size != ngroups:
+            raise ValueError("corrupted zero points")
+        n = n + zp[gid]
+    else:
+        n = n + spec["off"]
+    return grid_values(n, scale, gid, dt)

@@ -1,0 +1,172 @@
+"""Canonical Huffman coding of integer symbols, with code lengths limited to 20 bits.
+
+Deep Compression's last stage: the symbols (codebook indices, grid integers, relative
+position gaps) are Huffman coded. The code is canonical, so the stream stores only
+each symbol's code length; encoding and decoding are vectorized in NumPy (no Python
+loop over the symbols).
+
+References:
+  Huffman, "A Method for the Construction of Minimum-Redundancy Codes", Proc. IRE 1952.
+  Han, Mao, Dally, "Deep Compression: Compressing Deep Neural Networks with Pruning,
+  Trained Quantization and Huffman Coding", ICLR 2016.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+MAX_CODE_LEN = 20
+
+
+def huffman_lengths(freq: np.ndarray) -> np.ndarray:
+    """Code lengths of a Huffman code for the symbol counts ``freq``.
+
+    When the optimal code would have a code longer than `MAX_CODE_LEN`, the small
+    counts are raised to a floor (doubled until the code fits) and the code rebuilt.
+
+    Args:
+      freq: non-negative counts ``[K]`` with at least one non-zero.
+
+    Returns:
+      int64 ``[K]``: each used symbol's code length (1 for a single used symbol), 0 for
+      unused symbols.
+    """
+    used = np.flatnonzero(freq)
+    lengths = np.zeros(len(freq), np.int64)
+    if len(used) == 1:
+        lengths[used] = 1
+        return lengths
+    f = freq[used].astype(np.int64)
+    floor = 0
+    while True:
+        depth = _tree_depths(np.maximum(f, floor))
+        if depth.max() <= MAX_CODE_LEN:
+            lengths[used] = depth
+            return lengths
+        floor = max(2 * floor, int(f.sum()) >> (MAX_CODE_LEN - 2), 1)
+
+
+def _tree_depths(weights: np.ndarray) -> np.ndarray:
+    """Depth of each leaf of the Huffman tree of ``weights`` [K >= 2]."""
+    heap = [(int(c), i) for i, c in enumerate(weights)]
+    heapq.heapify(heap)
+    parent = list(range(len(weights)))
+    nxt = len(weights)
+    while len(heap) > 1:
+        c1, a = heapq.heappop(heap)
+        c2, b = heapq.heappop(heap)
+        parent[a] = parent[b] = nxt
+        parent.append(nxt)
+        heapq.heappush(heap, (c1 + c2, nxt))
+        nxt += 1
+    depth = np.zeros(nxt, np.int64)
+    for node in range(nxt - 2, -1, -1):  # parents are created after their children
+        depth[node] = depth[parent[node]] + 1
+    return depth[: len(weights)]
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical codes: symbols ordered by (length, symbol) get consecutive codes.
+
+    Args:
+      lengths: code lengths ``[K]`` (0 = unused) satisfying Kraft's inequality.
+
+    Returns:
+      int64 ``[K]``: each symbol's code, its ``lengths[s]`` low bits; 0 for unused symbols.
+    """
+    codes = np.zeros(len(lengths), np.int64)
+    order = np.lexsort((np.arange(len(lengths)), lengths))
+    order = order[lengths[order] > 0]
+    code, prev = 0, int(lengths[order[0]])
+    for i, s in enumerate(order):  # one iteration per distinct symbol
+        ln = int(lengths[s])
+        if i:
+            code = (code + 1) << (ln - prev)
+        codes[s], prev = code, ln
+    return codes
+
+
+def huffman_encode(sym: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
+    """Concatenates the canonical codes of ``sym``, most significant bit first.
+
+    Args:
+      sym: symbols ``[n]`` (n >= 1), each with a non-zero code length.
+      lengths: the code lengths from `huffman_lengths`.
+
+    Returns:
+      ``(bytes, nbits)``: the bit string, zero-padded to whole bytes, and its length.
+    """
+    codes = canonical_codes(lengths)
+    ln, cd = lengths[sym], codes[sym]
+    total = int(ln.sum())
+    starts = np.cumsum(ln) - ln
+    bits = np.zeros(total, np.uint8)
+    for j in range(int(ln.max())):
+        m = ln > j
+        bits[starts[m] + j] = (cd[m] >> (ln[m] - 1 - j)) & 1
+    return np.packbits(bits).tobytes(), total
+
+
+def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.ndarray:
+    """Decodes ``n`` symbols from a `huffman_encode` stream of ``nbits`` bits.
+
+    No Python loop over the symbols: a table look-up at every bit position gives the
+    symbol and code length starting there; the chain of code starts from bit 0 is then
+    followed by pointer doubling.
+
+    Args:
+      data: the stream's bytes.
+      lengths: the code lengths ``[K]``.
+      n: how many symbols.
+      nbits: the stream's length in bits.
+
+    Returns:
+      int64 ``[n]``.
+
+    Raises:
+      ValueError: the stream or the code lengths are corrupted.
+    """
+    if len(data) != math.ceil(nbits / 8) or lengths.max(initial=0) > MAX_CODE_LEN:
+        raise ValueError("corrupted Huffman stream")
+    width, tab_sym, tab_len = _lookup_tables(lengths, nbits)
+    bits = np.concatenate(
+        [np.unpackbits(np.frombuffer(data, np.uint8), count=nbits), np.zeros(width, np.uint8)]
+    ).astype(np.int64)
+    window = np.zeros(nbits, np.int64)
+    for j in range(width):
+        window = (window << 1) | bits[j : j + nbits]
+    jump = np.minimum(np.arange(nbits) + tab_len[window], nbits)
+    jump = np.append(jump, nbits)
+    pos = np.zeros(1, np.int64)
+    while len(pos) < n:
+        pos = np.concatenate([pos, jump[pos]])
+        jump = jump[jump]
+    pos = pos[:n]
+    if n and (pos.max() >= nbits or int(tab_len[window[pos]].sum()) != nbits):
+        raise ValueError("corrupted Huffman stream")
+    return tab_sym[window[pos]]
+
+
+def _lookup_tables(lengths: np.ndarray, nbits: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Window width, and the symbol and code length for every window of that many bits.
+
+    Windows that start no valid code get the length ``nbits + 1`` (they jump past the end).
+    """
+    codes = canonical_codes(lengths)
+    width = int(lengths.max())
+    used = np.flatnonzero(lengths)
+    span = np.int64(1) << (width - lengths[used])
+    if int(span.sum()) > (1 << width):
+        raise ValueError("corrupted Huffman code lengths")
+    tab_sym = np.zeros(1 << width, np.int64)
+    tab_len = np.full(1 << width, nbits + 1, np.int64)
+    starts = codes[used] << (width - lengths[used])
+    idx = np.repeat(starts, span) + (
+        np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
+    )
+    tab_sym[idx] = np.repeat(used, span)
+    tab_len[idx] = np.repeat(lengths[used], span)
+    return width, tab_sym, tab_len

@@ -1,0 +1,206 @@
+"""`Packed`, `pack` and `unpack`: parameters to verified per-leaf encodings and back."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lightcomp import tree
+from lightcomp._checks import check_bool, check_callable, with_path
+from lightcomp.export._format import HEADER, dtype_named, manifest_bytes
+from lightcomp.export._leaf import decode_leaf, encode_leaf
+from lightcomp.export._structure import rebuild, skeleton
+
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, int, float, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """A packed model: a JSON-able manifest and the payload bytes.
+
+    Attributes:
+      manifest: ``{"structure": ..., "leaves": [...]}``; see `lightcomp.export`.
+      payload: the concatenated parts of every leaf.
+    """
+
+    manifest: dict
+    payload: bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes (the reported total; the file adds `header_bytes`)."""
+        return len(self.payload)
+
+    @property
+    def header_bytes(self) -> int:
+        """Bytes of the file header: the fixed 64 bytes plus the stored manifest."""
+        return HEADER.size + len(manifest_bytes(self.manifest, len(self.payload))[0])
+
+
+def _array_leaves(params: Any) -> list[tuple[str, Any]]:
+    """``[(path, leaf)]`` of ``params``; a leaf that is not an array is a TypeError."""
+    out = []
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        path = tree.path_str(key_path)
+        if not isinstance(leaf, _ARRAY_TYPES):
+            raise TypeError(f"pack: params leaf {path!r} is a {type(leaf).__name__}, not an array")
+        out.append((path, leaf))
+    return out
+
+
+def pack(
+    params: Any,
+    comp_state: Any = None,
+    transform: Any = None,
+    *,
+    entropy: bool = True,
+    cstate: Any = None,
+) -> Packed:
+    """Packs parameters into the smallest verified per-leaf encodings.
+
+    Args:
+      params: a pytree of arrays: the effective parameters the student evaluates with, or
+        its raw parameters when ``comp_state`` and ``transform`` are given.
+      comp_state: the transform's state; with ``transform``, the packed parameters are
+        ``jax.jit(transform.apply)(params, comp_state)``.
+      transform: a `lightcomp.Transform` (needed with ``comp_state``).
+      entropy: also try Huffman / zlib / lzma coding of the integer streams and values.
+      cstate: the former name of ``comp_state``, still accepted.
+
+    Returns:
+      `Packed`; ``unpack(pack(p))`` equals ``p`` bit for bit (dtypes, shapes, structure).
+      The manifest names each leaf by its `lightcomp.tree.path_str` path.
+
+    Raises:
+      ValueError: only one of ``comp_state`` and ``transform`` is given.
+      TypeError: a leaf is not an array (the message names its path), ``entropy`` is not
+        a bool, ``transform`` has no callable ``apply``, or both ``comp_state`` and
+        ``cstate`` are given.
+
+    Example:
+      >>> packed = lc.export.pack({"w": jnp.array([[0.0, 0.5], [1.0, -0.5]])})
+      >>> [leaf["path"] for leaf in packed.manifest["leaves"]]
+      ['w']
+      >>> lc.export.unpack(packed)["w"]
+      Array([[ 0. ,  0.5],
+             [ 1. , -0.5]], dtype=float32)
+    """
+    if cstate is not None:
+        if comp_state is not None:
+            raise TypeError("pack: give comp_state or its old name cstate, not both")
+        comp_state = cstate
+    if (comp_state is None) != (transform is None):
+        raise ValueError(
+            "pack: give both comp_state and transform (to pack transform.apply(params, "
+            "comp_state)), or neither (params are then the effective parameters)"
+        )
+    check_bool(entropy, "entropy")
+    if transform is not None:
+        check_callable(getattr(transform, "apply", None), "transform.apply")
+    path_leaves = _array_leaves(params)
+    if transform is not None:
+        params = jax.jit(transform.apply)(params, comp_state)
+        path_leaves = _array_leaves(params)
+    counter = [0]
+    structure = skeleton(params, counter)
+    if counter[0] != len(path_leaves):
+        raise TypeError("pack: params contain a leaf type whose structure cannot be recorded")
+    leaves_meta, payload = [], []
+    offset = 0
+    for path, leaf in path_leaves:
+        x = np.asarray(jax.device_get(leaf))
+        enc, parts = encode_leaf(x, entropy)
+        spans = []
+        for blob in parts:
+            spans.append([offset, len(blob)])
+            offset += len(blob)
+        payload += parts
+        leaves_meta.append(
+            {
+                "path": path,
+                "shape": list(x.shape),
+                "dtype": x.dtype.name,
+                "kind": "jax" if isinstance(leaf, jax.Array) else "numpy",
+                "enc": enc,
+                "parts": spans,
+                "nbytes": sum(s[1] for s in spans),
+            }
+        )
+    return Packed({"structure": structure, "leaves": leaves_meta}, b"".join(payload))
+
+
+def unpack(packed: Packed, like: Any = None) -> Any:
+    """Decodes a `Packed` back into parameters, bit for bit.
+
+    Args:
+      packed: from `pack` or `load`.
+      like: optional template pytree; the result then takes its exact tree type (for
+        ``nnx.State``, ``FrozenDict`` or custom nodes). Its leaf paths
+        (`lightcomp.tree.path_str`) must be the packed ones. Plain dicts, lists and
+        tuples come back as they were without it; other containers come back as nested
+        dicts.
+
+    Returns:
+      The parameter pytree: jax arrays (numpy arrays for leaves packed from numpy).
+
+    Raises:
+      TypeError: ``packed`` is not a `Packed`.
+      ValueError: the packed data are inconsistent, or ``like`` has other leaf paths.
+    """
+    if not isinstance(packed, Packed):
+        raise TypeError(
+            f"unpack: packed must be a lightcomp.export.Packed, got {type(packed).__name__}"
+        )
+    try:
+        metas = packed.manifest["leaves"]
+        want = [m["path"] for m in metas]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"corrupted manifest: {e!r}") from e
+    if like is not None:
+        key_paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+        _check_like_paths(want, [p for p, _ in key_paths])
+    try:
+        leaves = [_decode(meta, packed.payload) for meta in metas]
+        if like is not None:
+            return jax.tree_util.tree_unflatten(treedef, leaves)
+        return rebuild(packed.manifest["structure"], leaves)
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"corrupted manifest: {e!r}") from e
+
+
+def _decode(meta: dict, payload: bytes) -> Any:
+    """One manifest leaf, decoded from the payload (a jax array when it was one)."""
+    spans = meta["parts"]
+
+    def decode():
+        if any(o < 0 or n < 0 or o + n > len(payload) for o, n in spans):
+            raise ValueError("part outside the payload")
+        parts = [payload[o : o + n] for o, n in spans]
+        return decode_leaf(meta["enc"], tuple(meta["shape"]), dtype_named(meta["dtype"]), parts)
+
+    x = with_path(meta["path"], decode)
+    if meta["kind"] == "jax" and jnp.asarray(x).dtype == x.dtype:
+        x = jnp.asarray(x)
+    return x
+
+
+def _check_like_paths(want: list[str], key_paths: list[tuple]) -> None:
+    """``like``'s leaf paths must be the packed ones (a 0.1.0 file's nnx paths included)."""
+    got = [tree.path_str(p) for p in key_paths]
+    if want == got:
+        return
+    # 0.1.0 named leaves by keystr, which keeps the ".value" of an nnx Variable.
+    if want == [jax.tree_util.keystr(p, simple=True, separator="/") for p in key_paths]:
+        return
+    bad = next(
+        (i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b),
+        min(len(want), len(got)),
+    )
+    raise ValueError(
+        f"unpack: like's leaf paths differ from the packed ones at leaf {bad}: "
+        f"{got[bad] if bad < len(got) else None!r} vs {want[bad] if bad < len(want) else None!r}"
+    )

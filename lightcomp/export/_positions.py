@@ -1,0 +1,80 @@
+"""Where a leaf's non-zeros are: a bitmask, or relative indices with a skip symbol.
+
+The relative form is Deep Compression's: each non-zero stores the number of zeros
+before it as a ``b``-bit symbol. A gap too long for ``b`` bits is cut by the top
+symbol ``2**b - 1``, which skips that many positions (Deep Compression stores a filler
+zero there; here it costs no value slot). ``b`` is the width with the fewest bits.
+
+References:
+  Han, Mao, Dally, "Deep Compression: Compressing Deep Neural Networks with Pruning,
+  Trained Quantization and Huffman Coding", ICLR 2016.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lightcomp.export._streams import decode_ints, int_candidates, smallest
+
+
+def relative_symbols(idx: np.ndarray) -> tuple[int, np.ndarray]:
+    """The ``b``-bit relative-index symbols of sorted flat indices ``idx`` [m >= 1].
+
+    Returns:
+      ``(b, sym)``: the width (1..16) with the fewest bits in all, and the symbols: per
+      non-zero, its gap (zeros before it) modulo ``2**b - 1``, preceded by one skip
+      symbol ``2**b - 1`` per whole ``2**b - 1`` zeros of that gap.
+    """
+    gaps = np.diff(idx, prepend=-1) - 1
+    cost = [b * int((gaps // (2**b - 1)).sum() + gaps.size) for b in range(1, 17)]
+    b = 1 + int(np.argmin(cost))
+    top = 2**b - 1
+    reps = gaps // top
+    sym = np.full(int(reps.sum() + gaps.size), top, np.int64)
+    ends = np.cumsum(reps + 1) - 1
+    sym[ends] = gaps % top
+    return b, sym
+
+
+def encode_positions(idx: np.ndarray, n: int, parts: list[bytes], entropy: bool) -> dict:
+    """Appends the smallest coding of sorted flat indices ``idx`` of ``[n]``; its spec.
+
+    Args:
+      idx: sorted distinct flat indices ``[m]`` in ``[0, n)``.
+      n: the leaf's size.
+      parts: the leaf's parts; the chosen blobs are appended.
+      entropy: also try the entropy coders of the integer streams.
+
+    Returns:
+      ``{"pos": "mask", "s": ints}`` or ``{"pos": "rel", "b": b, "m": m, "s": ints}``.
+    """
+    mask = np.zeros(n, np.int64)
+    mask[idx] = 1
+    cands = []
+    for spec, blobs in int_candidates(mask, parts, entropy):
+        cands.append(({"pos": "mask", "s": spec}, blobs))
+    if idx.size:
+        b, sym = relative_symbols(idx)
+        for spec, blobs in int_candidates(sym, parts, entropy):
+            cands.append(({"pos": "rel", "b": b, "m": int(idx.size), "s": spec}, blobs))
+    return smallest(cands, parts)
+
+
+def decode_positions(spec: dict, n: int, parts: list[bytes]) -> np.ndarray:
+    """The sorted flat indices an `encode_positions` spec describes, as int64 ``[m]``.
+
+    Raises:
+      ValueError: the stream is corrupted (wrong count, an index outside ``[0, n)``).
+    """
+    sym = decode_ints(spec["s"], parts)
+    if spec["pos"] == "mask":
+        if sym.size != n:
+            raise ValueError("corrupted position bitmask")
+        return np.flatnonzero(sym)
+    top = 2 ** spec["b"] - 1
+    is_elem = sym != top
+    advance = np.where(is_elem, sym + 1, top)
+    idx = (np.cumsum(advance) - 1)[is_elem]
+    if idx.size != spec["m"] or (idx.size and (idx[-1] >= n or idx[0] < 0)):
+        raise ValueError("corrupted relative indices")
+    return idx

@@ -1,0 +1,106 @@
+"""A leaf's values (all of them, or its non-zeros): raw floats, a codebook, or a grid.
+
+Raw values are stored in the narrowest float dtype that holds them exactly (float16,
+bfloat16, float32), optionally zlib/lzma-compressed; a codebook stores the ``k``
+distinct values (Deep Compression's weight sharing) and ``ceil(log2 k)``-bit indices;
+a grid is found by `lightcomp.export._grid`. Non-float leaves are stored raw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lightcomp.export._format import FLOATS, bits_of, dtype_named, is_float, same_bits
+from lightcomp.export._grid import decode_grid, grid_candidates
+from lightcomp.export._streams import (
+    CODECS,
+    Candidate,
+    best_ints,
+    compress,
+    decode_ints,
+    decompress,
+    shift,
+)
+
+
+def narrowest_float(v: np.ndarray) -> np.dtype:
+    """The smallest float dtype that holds every value of ``v`` exactly (bitwise round trip)."""
+    for name in ("float16", "bfloat16", "float32"):
+        dt = np.dtype(FLOATS[name])
+        if dt.itemsize < v.dtype.itemsize:
+            with np.errstate(all="ignore"):
+                if same_bits(v.astype(dt).astype(v.dtype), v):
+                    return dt
+    return v.dtype
+
+
+def value_candidates(v: np.ndarray, idx: np.ndarray, shape, entropy: bool) -> list[Candidate]:
+    """Every encoding of the values ``v`` [m] at flat positions ``idx`` of a leaf ``shape``.
+
+    Returns:
+      ``[(spec, blobs)]``: raw first, then a codebook (up to ``2**16`` distinct values,
+      for leaves up to ``2**24`` values), grids (not for float64), and compressed raw.
+    """
+    if not is_float(v.dtype):
+        raw = v.tobytes()
+        cands = [({"val": "raw", "dt": v.dtype.name, "p": 0}, [raw])]
+    else:
+        dt = narrowest_float(v)
+        raw = v.astype(dt).tobytes()
+        cands = [({"val": "raw", "dt": dt.name, "p": 0}, [raw])]
+        if v.size <= 2**24:
+            cands += _codebook_candidate(v, entropy)
+            if v.dtype.name != "float64":
+                cands += grid_candidates(v, idx, shape, entropy)
+    if entropy and len(raw) > 64:
+        for codec in CODECS:
+            cands.append(
+                (
+                    {"val": "raw", "dt": cands[0][0]["dt"], "z": codec, "p": 0},
+                    [compress(codec, raw)],
+                )
+            )
+    return cands
+
+
+def _codebook_candidate(v: np.ndarray, entropy: bool) -> list[Candidate]:
+    """The codebook of ``v``'s distinct bit patterns and the index stream (none if useless)."""
+    uniq, inv = np.unique(bits_of(v), return_inverse=True)
+    if len(uniq) > 2**16 or len(uniq) >= v.size:
+        return []
+    book = uniq.view(v.dtype)
+    bdt = narrowest_float(book)
+    sub: list[bytes] = []
+    ispec = best_ints(inv.ravel().astype(np.int64), sub, entropy)
+    spec = {"val": "book", "dt": bdt.name, "k": len(uniq), "bp": 0, "s": shift(ispec, 1)}
+    return [(spec, [book.astype(bdt).tobytes(), *sub])]
+
+
+def decode_values(spec: dict, idx: np.ndarray, shape, dt: np.dtype, parts) -> np.ndarray:
+    """The values ``[m]`` (dtype ``dt``) a `value_candidates` spec describes.
+
+    Raises:
+      ValueError: the data are corrupted or the spec names an unknown encoding.
+    """
+    kind = spec["val"]
+    if kind == "raw":
+        data = parts[spec["p"]]
+        if "z" in spec:
+            data = decompress(spec["z"], data, "compressed values")
+        sdt = dtype_named(spec["dt"])
+        if len(data) != idx.size * sdt.itemsize:
+            raise ValueError("corrupted raw values")
+        return np.frombuffer(data, sdt).astype(dt)
+    if kind == "book":
+        book = np.frombuffer(parts[spec["bp"]], dtype_named(spec["dt"])).astype(dt)
+        inds = decode_ints(spec["s"], parts)
+        if (
+            book.size != spec["k"]
+            or inds.size != idx.size
+            or (inds.size and inds.max() >= book.size)
+        ):
+            raise ValueError("corrupted codebook")
+        return book[inds]
+    if kind == "grid":
+        return decode_grid(spec, idx, shape, dt, parts)
+    raise ValueError(f"unknown value encoding {kind!r}")

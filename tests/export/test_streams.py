@@ -1,0 +1,84 @@
+"""Tests of lightcomp.export._streams: integer streams and the choice of their coder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lightcomp.export._bits import pack_bits
+from lightcomp.export._streams import (
+    best_ints,
+    compress,
+    decode_ints,
+    decompress,
+    int_candidates,
+    shift,
+)
+
+
+def _streams():
+    rng = np.random.default_rng(3)
+    return {
+        "uniform": rng.integers(0, 200, 500),
+        "skewed": rng.geometric(0.5, 2000) - 1,
+        "constant": np.full(40, 5),
+        "zeros": np.zeros(30, np.int64),
+        "empty": np.zeros(0, np.int64),
+        "one": np.array([9]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_streams()))
+@pytest.mark.parametrize("entropy", [True, False])
+def test_every_candidate_decodes_and_best_is_smallest(name, entropy):
+    sym = _streams()[name]
+    prior = [b"x", b"yy"]  # the stream's parts follow two others
+    cands = int_candidates(sym, prior, entropy)
+    fixed_spec, fixed_blobs = cands[0]
+    width = int(sym.max()).bit_length() if sym.size else 0
+    assert fixed_spec == {"c": "fixed", "n": sym.size, "w": width, "p": 2}
+    assert fixed_blobs == [pack_bits(sym, width)]
+    if not entropy:
+        assert len(cands) == 1
+    for spec, blobs in cands:
+        np.testing.assert_array_equal(decode_ints(spec, [*prior, *blobs]), sym)
+    parts = list(prior)
+    spec = best_ints(sym, parts, entropy)
+    sizes = [sum(map(len, b)) for _, b in cands]
+    assert sum(map(len, parts[2:])) == min(sizes)
+    assert spec == cands[sizes.index(min(sizes))][0]  # the first of the smallest
+
+
+def test_huffman_only_for_few_distinct_symbols():
+    coders = lambda sym: [s["c"] for s, _ in int_candidates(sym, [], True)]
+    assert coders(np.random.default_rng(0).integers(0, 8, 400)) == ["fixed", "huff", "zlib", "lzma"]
+    assert coders(np.arange(100)) == ["fixed", "zlib", "lzma"]  # every symbol distinct
+
+
+def test_skewed_stream_is_entropy_coded():
+    sym = np.random.default_rng(1).geometric(0.7, 4000) - 1
+    spec = best_ints(sym, [], True)
+    assert spec["c"] in ("huff", "lzma", "zlib")
+
+
+@pytest.mark.parametrize("codec", ["zlib", "lzma"])
+def test_compress_round_trips_and_rejects_damage(codec):
+    data = bytes(range(256)) * 4
+    small = compress(codec, data)
+    assert decompress(codec, small, "thing") == data
+    with pytest.raises(ValueError, match="corrupted thing"):
+        decompress(codec, small[:-7] + b"\x00" * 7, "thing")
+
+
+def test_shift_moves_only_the_part_index():
+    assert shift({"c": "fixed", "n": 3, "w": 2, "p": 1}, 2) == {
+        "c": "fixed",
+        "n": 3,
+        "w": 2,
+        "p": 3,
+    }
+
+
+def test_unknown_coder_is_an_error():
+    with pytest.raises(ValueError, match="unknown integer coding"):
+        decode_ints({"c": "rle", "n": 1, "p": 0}, [b""])
