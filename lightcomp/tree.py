@@ -26,6 +26,7 @@ __all__ = [
     "Select",
     "as_select",
     "check_mirror",
+    "check_shape",
     "default_rule",
     "first_mismatch",
     "is_floating",
@@ -346,11 +347,29 @@ def check_mirror(
     if not shapes:
         return flat
     for (path, leaf), entry in zip(items, flat, strict=True):
-        if entry is None:
-            continue
-        want = tuple(shape_fn(leaf) if shape_fn else leaf.shape)
-        got = tuple(jnp.shape(entry))
-        if got != want:
-            expected = f"expected {want}" if shape_fn else f"params has {want}"
-            raise ValueError(f"{what} leaf {path!r} has shape {got}, {expected}")
+        if entry is not None:
+            check_shape(path, leaf, entry, what, shape_fn)
     return flat
+
+
+def check_shape(
+    path: str,
+    leaf: Any,
+    entry: Any,
+    what: str,
+    shape_fn: Callable[[Any], tuple[int, ...]] | None = None,
+) -> None:
+    """Raises ValueError unless ``entry`` (of ``what`` at ``path``) has the shape it must have.
+
+    Args:
+      path: the leaf path, for the message.
+      leaf: the parameter leaf.
+      entry: the mirroring tree's entry at ``path``.
+      what: how the message names the mirroring tree.
+      shape_fn: ``leaf -> shape`` the entry must have (default: the leaf's shape).
+    """
+    want = tuple(shape_fn(leaf) if shape_fn else leaf.shape)
+    got = tuple(jnp.shape(entry))
+    if got != want:
+        expected = f"expected {want}" if shape_fn else f"params has {want}"
+        raise ValueError(f"{what} leaf {path!r} has shape {got}, {expected}")

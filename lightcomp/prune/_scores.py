@@ -26,12 +26,13 @@ def map_scores(fn, params: PyTree, *others: PyTree, select, names) -> PyTree:
     hold an array of the leaf's shape at every selected leaf.
     """
     for other, name in zip(others, names, strict=True):
-        lt.check_mirror(params, other, name)
+        lt.check_mirror(params, other, name, shapes=False)
 
     def one(path, w, *rest):
         for r, name in zip(rest, names, strict=True):
             if r is None:
                 raise ValueError(f"{name} has no value at selected leaf {path!r}")
+            lt.check_shape(path, w, r, name)
         return fn(path, w, *rest)
 
     return lt.map_selected(one, params, *others, select=select, unselected="none", with_path=True)
@@ -330,12 +331,13 @@ def _user_score(score: Callable[[PyTree, PyTree], PyTree]):
         if sc is None:
             raise ValueError(f"{argname} has no value at selected leaf {path!r}")
         check_floating(sc, argname, path=path)
+        lt.check_shape(path, w, sc, argname)
         return jnp.asarray(sc, jnp.float32)
 
     def fn(params, grads, select):
         _check_grads(grads, "function")
         scores = score(params, grads)
-        lt.check_mirror(params, scores, argname)
+        lt.check_mirror(params, scores, argname, shapes=False)
         return lt.map_selected(
             one, params, scores, select=select, unselected="none", with_path=True
         )
