@@ -52,6 +52,29 @@ def _array_leaves(params: Any) -> list[tuple[str, Any]]:
     return out
 
 
+def _has_effective(x: Any) -> bool:
+    return callable(getattr(x, "effective", None)) and not isinstance(x, jax.Array)
+
+
+def _effective_of(opt_state: Any):
+    """The ``effective(params)`` of the one optimizer-held compression state, or None."""
+    if opt_state is None:
+        return None
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=_has_effective) if _has_effective(x)]
+    return found[0].effective if len(found) == 1 else None
+
+
+class _Effective:
+    """A transform-like ``apply(params, opt_state)`` for an optimizer-held state."""
+
+    def __init__(self, effective):
+        self._effective = effective
+
+    def apply(self, params, opt_state):
+        del opt_state  # the bound state is used
+        return self._effective(params)
+
+
 def pack(
     params: Any,
     comp_state: Any = None,
@@ -66,8 +89,10 @@ def pack(
       params: a pytree of arrays: the effective parameters the student evaluates with, or
         its raw parameters when ``comp_state`` and ``transform`` are given.
       comp_state: the transform's state; with ``transform``, the packed parameters are
-        ``jax.jit(transform.apply)(params, comp_state)``.
-      transform: a `lightcomp.Transform` (needed with ``comp_state``).
+        ``jax.jit(transform.apply)(params, comp_state)``. Or, without ``transform``, the
+        state of a `lightcomp.wrap_optax` optimizer (any optax nesting of it): the packed
+        parameters are then ``lightcomp.effective(params, opt_state)``.
+      transform: a `lightcomp.Transform` (needed with a transform's ``comp_state``).
       entropy: also try Huffman / zlib / lzma coding of the integer streams and values.
       cstate: the former name of ``comp_state``, still accepted.
 
@@ -93,6 +118,9 @@ def pack(
         if comp_state is not None:
             raise TypeError("pack: give comp_state or its old name cstate, not both")
         comp_state = cstate
+    effective = _effective_of(comp_state) if transform is None else None
+    if effective is not None:
+        comp_state, transform = comp_state, _Effective(effective)
     if (comp_state is None) != (transform is None):
         raise ValueError(
             "pack: give both comp_state and transform (to pack transform.apply(params, "

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from lightcomp import _checks, prune, quant, tree
 from lightcomp.train._state import check_optimizer, check_transform
@@ -65,11 +66,18 @@ class CompressionState:
         return cls(*children, aux)
 
     def effective(self, params: PyTree) -> PyTree:
-        """``transform.apply(params, comp_state)`` with a straight-through gradient."""
-        eff = self.transform.apply(params, self.comp_state)
-        return jax.tree.map(
-            lambda p, e: quant.straight_through(p, jax.lax.stop_gradient(e)), params, eff
-        )
+        """``transform.apply(params, comp_state)`` with a straight-through gradient.
+
+        nnx ``Variable`` wrappers (an ``nnx.State`` of params, an ``nnx.Optimizer``'s
+        ``OptVariable`` state) are looked through; the result has ``params``' structure.
+        """
+        pure = nnx.as_pure(params)
+        eff = self.transform.apply(pure, nnx.as_pure(self.comp_state))
+        leaves = [
+            quant.straight_through(p, jax.lax.stop_gradient(e))
+            for p, e in zip(jax.tree.leaves(pure), jax.tree.leaves(eff), strict=True)
+        ]
+        return jax.tree.unflatten(jax.tree.structure(params), leaves)
 
     def __repr__(self) -> str:
         return f"CompressionState(count={self.count!r}, comp_state={self.comp_state!r})"
