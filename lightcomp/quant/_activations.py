@@ -167,66 +167,72 @@ def activation_quant(
     opts = check_config(bits, symmetric, axis, decay, ste)
     outputs = check_bool(outputs, "outputs")
     rule = _layer_rule(layers)
-    kinds = ("inputs", "outputs") if outputs else ("inputs",)
-
-    def chosen(context) -> str | None:
-        mod = context.module
-        if context.method_name != "__call__" or not isinstance(mod, nn.Module):
-            return None
-        path = "/".join(str(p) for p in mod.path)
-        return path if rule(path, mod) else None
 
     def init(fn, *args, **kwargs):
-        found: dict[str, dict[str, tuple[int, ...]]] = {}
-
-        def record(next_fun, a, kw, context):
-            path = chosen(context)
-            if path is None:
-                return next_fun(*a, **kw)
-            shapes = {"inputs": activation_layout(a[0], opts["axis"]).scale_shape}
-            y = next_fun(*a, **kw)
-            if outputs:
-                shapes["outputs"] = activation_layout(y, opts["axis"]).scale_shape
-            found[path] = shapes
-            return y
-
-        def traced(*a, **kw):
-            with nn.intercept_methods(record):
-                return fn(*a, **kw)
-
-        jax.eval_shape(traced, *args, **kwargs)
-        if not found:
-            raise ValueError("fn called no layer chosen by `layers`; nothing to quantize")
-        return {p: {k: ema_range_init(s[k]) for k in kinds} for p, s in found.items()}
-
-    def run(fn, state, args, kwargs, update: bool):
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be the dict from init, got {type(state).__name__}")
-        new = {p: dict(v) for p, v in state.items()}
-
-        def intercept(next_fun, a, kw, context):
-            path = chosen(context)
-            if path is None:
-                return next_fun(*a, **kw)
-            if path not in new:
-                raise ValueError(
-                    f"layer {path!r} has no range in state (state has {sorted(new)}); "
-                    "build the state with init on the same fn"
-                )
-            x, new[path]["inputs"] = quant_one(a[0], new[path]["inputs"], update=update, **opts)
-            y = next_fun(x, *a[1:], **kw)
-            if outputs:
-                y, new[path]["outputs"] = quant_one(y, new[path]["outputs"], update=update, **opts)
-            return y
-
-        with nn.intercept_methods(intercept):
-            out = fn(*args, **kwargs)
-        return out, new
+        return _init_ranges(fn, args, kwargs, rule, opts["axis"], outputs)
 
     def update(fn, state, *args, **kwargs):
-        return run(fn, state, args, kwargs, True)
+        return _run(fn, state, args, kwargs, rule, opts, outputs, update=True)
 
     def apply(fn, state, *args, **kwargs):
-        return run(fn, state, args, kwargs, False)[0]
+        return _run(fn, state, args, kwargs, rule, opts, outputs, update=False)[0]
 
     return ActQuant(init, update, apply)
+
+
+def _chosen(context, rule) -> str | None:
+    """The path of an intercepted layer call that ``rule`` chooses, or None."""
+    mod = context.module
+    if context.method_name != "__call__" or not isinstance(mod, nn.Module):
+        return None
+    path = "/".join(str(p) for p in mod.path)
+    return path if rule(path, mod) else None
+
+
+def _init_ranges(fn, args, kwargs, rule, axis, outputs) -> dict[str, dict[str, EmaRange]]:
+    found: dict[str, dict[str, tuple[int, ...]]] = {}
+
+    def record(next_fun, a, kw, context):
+        path = _chosen(context, rule)
+        if path is None:
+            return next_fun(*a, **kw)
+        shapes = {"inputs": activation_layout(a[0], axis).scale_shape}
+        y = next_fun(*a, **kw)
+        if outputs:
+            shapes["outputs"] = activation_layout(y, axis).scale_shape
+        found[path] = shapes
+        return y
+
+    def traced(*a, **kw):
+        with nn.intercept_methods(record):
+            return fn(*a, **kw)
+
+    jax.eval_shape(traced, *args, **kwargs)
+    if not found:
+        raise ValueError("fn called no layer chosen by `layers`; nothing to quantize")
+    return {p: {k: ema_range_init(shape) for k, shape in s.items()} for p, s in found.items()}
+
+
+def _run(fn, state, args, kwargs, rule, opts, outputs, *, update: bool):
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be the dict from init, got {type(state).__name__}")
+    new = {p: dict(v) for p, v in state.items()}
+
+    def intercept(next_fun, a, kw, context):
+        path = _chosen(context, rule)
+        if path is None:
+            return next_fun(*a, **kw)
+        if path not in new:
+            raise ValueError(
+                f"layer {path!r} has no range in state (state has {sorted(new)}); "
+                "build the state with init on the same fn"
+            )
+        x, new[path]["inputs"] = quant_one(a[0], new[path]["inputs"], update=update, **opts)
+        y = next_fun(x, *a[1:], **kw)
+        if outputs:
+            y, new[path]["outputs"] = quant_one(y, new[path]["outputs"], update=update, **opts)
+        return y
+
+    with nn.intercept_methods(intercept):
+        out = fn(*args, **kwargs)
+    return out, new

@@ -95,7 +95,7 @@ def _targets(parent: nnx.Module, layers) -> list[tuple[nnx.Module, Any, nnx.Modu
             continue
         if isinstance(child, layers):
             found.append((parent, name, child))
-        else:
+        elif isinstance(child, nnx.Module):  # variables (parameters, statistics) are leaves
             found.extend(_targets(child, layers))
     return found
 

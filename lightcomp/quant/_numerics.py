@@ -1,13 +1,8 @@
 """The integer grid: code ranges, scale and zero point, rounding to codes, decoding.
 
-Conventions (fixed by the public contract; round half to even everywhere):
-
-- symmetric, signed, ``b`` bits: ``qmax = 2**(b-1) - 1``, ``scale = max|x| / qmax``,
-  ``q = clip(round(x / scale), -qmax, qmax)``, ``x_hat = q * scale`` (narrow range).
-- asymmetric, unsigned, ``b`` bits: the range ``[min, max]`` is first widened to include 0,
-  ``scale = (max - min) / (2**b - 1)``, ``zero_point = round(-min / scale)``,
-  ``q = clip(round(x / scale) + zero_point, 0, 2**b - 1)``, ``x_hat = (q - zero_point) * scale``.
-- A zero range (an all-zero tensor or channel) has ``scale = 0`` and quantizes to exactly 0.
+The conventions are the public contract's, spelled out in `lightcomp.quant`'s docstring
+(symmetric: signed narrow range, no zero point; asymmetric: unsigned with a zero point, the
+range widened to include 0; round half to even; a zero range has scale 0 and codes 0).
 
 The functions below `qrange` trust their callers: configuration is checked by the public
 entry points (`check_bits`, `check_rounding`).
