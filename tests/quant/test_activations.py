@@ -1,11 +1,10 @@
-"""Tests for lightcomp.act_quant: activation fake quantization of unmodified Flax models."""
+"""Tests for lightcomp.quant.activation_quant: activation fake quantization of linen models."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import lightcomp as lc
 from lightcomp import quant
@@ -47,6 +46,20 @@ def test_linen_update_and_apply_match_hand_written_forward():
     np.testing.assert_array_equal(jitted, frozen)
     _, js = jax.jit(lambda s, p, x: aq.update(APPLY, s, p, x))(state1, PARAMS, 2 * X)
     chex.assert_trees_all_close(js, state2, rtol=1e-6)
+    # an empty range (never updated) falls back to the tensor's own min/max
+    p0, p1 = PARAMS["Dense_0"], PARAMS["Dense_1"]
+    h = jax.nn.relu(quant.fake_quant(X, 8, symmetric=False) @ p0["kernel"] + p0["bias"])
+    want = quant.fake_quant(h, 8, symmetric=False) @ p1["kernel"] + p1["bias"]
+    np.testing.assert_array_equal(aq.apply(APPLY, state, PARAMS, X), want)
+
+
+def test_linen_per_channel_ranges():
+    aq = quant.activation_quant(8, axis=-1)
+    state = aq.init(APPLY, PARAMS, X)
+    chex.assert_shape(state["Dense_0"]["inputs"].min, (1, 64))
+    chex.assert_shape(state["Dense_1"]["inputs"].min, (1, 16))
+    _, state = aq.update(APPLY, state, PARAMS, X)
+    np.testing.assert_array_equal(state["Dense_0"]["inputs"].max, X.max(0, keepdims=True))
 
 
 def test_linen_gradients_flow_and_outputs_option():
@@ -75,32 +88,19 @@ def test_linen_bad_input():
         aq.update(APPLY, {"Dense_0": aq.init(APPLY, PARAMS, X)["Dense_0"]}, PARAMS, X)
     with pytest.raises(ValueError, match="no layer"):
         aq.init(lambda x: x * 2, X)
+    with pytest.raises(TypeError, match="state"):
+        aq.update(APPLY, [1], PARAMS, X)
+    with pytest.raises(ValueError, match="NaN"):
+        aq.update(APPLY, aq.init(APPLY, PARAMS, X), PARAMS, X.at[0, 0].set(jnp.nan))
     with pytest.raises(ValueError, match="bits"):
         quant.activation_quant(1)
     with pytest.raises(ValueError, match="decay"):
         quant.activation_quant(8, decay=1.0)
     with pytest.raises(TypeError, match="layers"):
         quant.activation_quant(8, layers=3)
-
-
-def test_nnx_wrapper_matches_linen_and_freezes_in_eval():
-    model = lc.models.NnxMLP((64, 16, 10), rngs=nnx.Rngs(0))
-    params = {
-        f"Dense_{i}": {"kernel": model.layers[i].kernel[...], "bias": model.layers[i].bias[...]}
-        for i in range(2)
-    }
-    quant.wrap_nnx(model, 8)
-    assert isinstance(model.layers[0], quant.FakeQuantInputs)
-    y = model(X)
-    ranges = [(model.layers[i].in_min[...], model.layers[i].in_max[...]) for i in range(2)]
-    np.testing.assert_allclose(ranges[0][1], X.max(), rtol=1e-6)
-    np.testing.assert_array_equal(y, _by_hand(params, X, ranges))
-    stats = nnx.state(model, nnx.BatchStat)
-    assert len(jax.tree.leaves(stats)) == 6 and int(model.layers[1].in_count[...]) == 1
-    model.eval()
-    model(2 * X)
-    assert int(model.layers[1].in_count[...]) == 1  # frozen
-    y_eval = nnx.jit(lambda m, x: m(x))(model, X)
-    np.testing.assert_array_equal(y_eval, y)
-    with pytest.raises(TypeError, match=r"nnx\.Module"):
-        quant.wrap_nnx(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    with pytest.raises(TypeError, match="axis"):
+        quant.activation_quant(8, axis=1.0)
+    with pytest.raises(ValueError, match="ste"):
+        quant.activation_quant(8, ste="soft")
+    with pytest.raises(TypeError, match="outputs"):
+        quant.activation_quant(8, outputs="yes")

@@ -1,0 +1,137 @@
+"""Activation fake quantization of nnx models: a wrapper layer with its ranges as state.
+
+`FakeQuantInputs` wraps a layer and keeps its ranges in ``nnx.BatchStat`` variables (the
+nnx form of explicit state: they appear in ``nnx.split(model)``'s state and are updated in
+place while training, frozen by ``model.eval()``); `wrap_nnx` wraps every ``nnx.Linear`` /
+``nnx.Conv`` of a model::
+
+    model = lc.quant.wrap_nnx(NnxMLP(...), bits=8)
+    model.train(); y = model(x)      # ranges follow an EMA of each batch's min / max
+    model.eval();  y = model(x)      # ranges frozen
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+
+from lightcomp._checks import check_bool
+from lightcomp.quant._activations import check_config, quant_one
+from lightcomp.quant._calibration import EmaRange, ema_range_init
+
+
+class FakeQuantInputs(nnx.Module):
+    """Wraps an nnx layer: fake-quantizes its input (and optionally output) per tensor.
+
+    The ranges live in ``nnx.BatchStat`` variables (``in_min``, ``in_max``, ``in_count`` and
+    ``out_*``), so they are part of the model's state. In training mode each call takes an
+    EMA step and quantizes with the new range; with ``use_running_average`` (set by
+    ``model.eval()``) the ranges are frozen (an unseen range falls back to the tensor's own).
+
+    Args:
+      layer: the wrapped module (called as ``layer(x, ...)``).
+      bits, symmetric, outputs, decay, ste: as `lightcomp.quant.activation_quant` (per-tensor
+        ranges).
+      use_running_average: freeze the ranges.
+
+    Raises:
+      ValueError / TypeError: a bad ``bits``, ``symmetric``, ``outputs``, ``decay``, ``ste``
+        or ``use_running_average``.
+    """
+
+    def __init__(
+        self,
+        layer: nnx.Module,
+        bits: int = 8,
+        *,
+        symmetric: bool = False,
+        outputs: bool = False,
+        decay: float = 0.99,
+        ste: str = "clipped",
+        use_running_average: bool = False,
+    ):
+        opts = check_config(bits, symmetric, None, decay, ste)
+        self.layer = layer
+        self.bits = opts["bits"]
+        self.symmetric = opts["symmetric"]
+        self.outputs = check_bool(outputs, "outputs")
+        self.decay = opts["decay"]
+        self.ste = ste
+        self.use_running_average = check_bool(use_running_average, "use_running_average")
+        for kind in ("in", "out") if self.outputs else ("in",):
+            empty = ema_range_init()
+            setattr(self, f"{kind}_min", nnx.BatchStat(empty.min))
+            setattr(self, f"{kind}_max", nnx.BatchStat(empty.max))
+            setattr(self, f"{kind}_count", nnx.BatchStat(empty.count))
+
+    def _quant(self, kind: str, x: jax.Array) -> jax.Array:
+        lo, hi, n = (getattr(self, f"{kind}_{f}") for f in ("min", "max", "count"))
+        y, st = quant_one(
+            x,
+            EmaRange(lo[...], hi[...], n[...]),
+            bits=self.bits,
+            symmetric=self.symmetric,
+            axis=None,
+            decay=self.decay,
+            clipped=self.ste == "clipped",
+            update=not self.use_running_average,
+        )
+        if not self.use_running_average:
+            lo[...], hi[...], n[...] = st.min, st.max, st.count
+        return y
+
+    def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+        """``layer(x_hat, ...)`` with ``x_hat`` the fake-quantized input (and output)."""
+        y = self.layer(self._quant("in", x), *args, **kwargs)
+        return self._quant("out", y) if self.outputs else y
+
+
+def _targets(parent: nnx.Module, layers) -> list[tuple[nnx.Module, Any, nnx.Module]]:
+    found = []
+    for name, child in list(nnx.iter_children(parent)):
+        if isinstance(child, FakeQuantInputs):
+            continue
+        if isinstance(child, layers):
+            found.append((parent, name, child))
+        elif isinstance(child, nnx.Module):  # variables (parameters, statistics) are leaves
+            found.extend(_targets(child, layers))
+    return found
+
+
+def wrap_nnx(
+    model: nnx.Module, bits: int = 8, *, layers: Any = (nnx.Linear, nnx.Conv), **kwargs: Any
+) -> nnx.Module:
+    """Wraps every sub-module of ``model`` that is an instance of ``layers`` in `FakeQuantInputs`.
+
+    nnx modules are mutable Python objects, so the wrapping is done in place (once, when the
+    model is built; ``model`` is returned for chaining). Parameters keep their values; their
+    paths gain a ``layer/`` level (``layers/0/kernel`` -> ``layers/0/layer/kernel``).
+
+    Args:
+      model: an nnx module (not itself one of ``layers``).
+      bits: integer width, 2..16.
+      layers: the layer classes to wrap.
+      **kwargs: passed to `FakeQuantInputs` (``symmetric``, ``outputs``, ``decay``, ``ste``).
+
+    Returns:
+      ``model``, with its layers wrapped.
+
+    Raises:
+      TypeError / ValueError: ``model`` is not an nnx module or is one of ``layers``, it has
+        no such layer, or a bad configuration (as `FakeQuantInputs`); ``model`` is then
+        left unchanged.
+    """
+    if not isinstance(model, nnx.Module) or isinstance(model, layers):
+        raise TypeError("model must be an nnx.Module that contains (is not itself) the layers")
+    targets = _targets(model, layers)
+    if not targets:
+        raise ValueError(f"model has no sub-module of types {layers}; nothing to wrap")
+    wrapped = [FakeQuantInputs(child, bits, **kwargs) for _, _, child in targets]
+    for (parent, name, _), w in zip(targets, wrapped, strict=True):
+        if isinstance(name, int):
+            parent[name] = w
+        else:
+            setattr(parent, name, w)
+    return model

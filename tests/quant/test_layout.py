@@ -1,0 +1,113 @@
+"""Tests for lightcomp.quant.layout / Layout: views, scale shapes and reductions."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lightcomp import quant
+
+
+def _np_layout(shape, axis, group_size, group_axis):
+    """(view shape, reduce axes, scale shape) computed directly with NumPy."""
+    x = np.zeros(shape)
+    nd = x.ndim
+    if group_size is None:
+        kept = () if axis is None else (axis % nd,)
+        red = tuple(i for i in range(nd) if i not in kept)
+        scale = () if axis is None else x.max(axis=red, keepdims=True).shape
+        return x.shape, red, scale
+    g = (group_axis if group_axis is not None else (-2 if nd >= 2 else 0)) % nd
+    view = np.reshape(x, (*shape[:g], shape[g] // group_size, group_size, *shape[g + 1 :]))
+    kept = {g} | ({axis % nd + (axis % nd > g)} if axis is not None else set())
+    red = tuple(i for i in range(view.ndim) if i not in kept)
+    scale = np.squeeze(view.max(axis=red, keepdims=True), axis=g + 1).shape
+    return view.shape, red, scale
+
+
+CASES = [
+    ((12, 5), None, None, None),
+    ((12, 5), -1, None, None),
+    ((12, 5), 0, None, None),
+    ((12, 5), -1, 4, None),
+    ((12, 5), None, 2, None),
+    ((12, 6), 1, 3, 0),
+    ((3, 3, 8, 16), -1, 4, None),
+    ((3, 3, 8, 16), None, None, None),
+    ((10,), None, 5, None),
+    ((10,), 0, None, None),
+    ((), None, None, None),
+]
+
+
+@pytest.mark.parametrize("shape, axis, group_size, group_axis", CASES)
+def test_layout_matches_numpy(shape, axis, group_size, group_axis):
+    lay = quant.layout(shape, axis, group_size, group_axis)
+    view, red, scale = _np_layout(shape, axis, group_size, group_axis)
+    assert lay.view_shape == view and lay.reduce_axes == red and lay.scale_shape == scale
+    assert lay.view_scale_shape == tuple(1 if i in red else d for i, d in enumerate(view))
+    assert lay.axis == (None if axis is None else axis % len(shape))
+    assert lay.per_tensor == (axis is None and group_size is None)
+    x = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
+    for fn in (lambda x: lay.unview(lay.view(x)), jax.jit(lambda x: lay.unview(lay.view(x)))):
+        np.testing.assert_array_equal(fn(jnp.asarray(x)), x)
+    np.testing.assert_array_equal(lay.view(jnp.asarray(x)), x.reshape(view))
+    # a statistic of the view round-trips through the stored scale shape
+    stat = jnp.max(lay.view(jnp.asarray(x)), axis=red, keepdims=True) if x.ndim else jnp.asarray(x)
+    stored = lay.scale_from_view(stat)
+    chex.assert_shape(stored, scale)
+    back = jnp.broadcast_to(lay.scale_to_view(stored), lay.view_scale_shape)
+    np.testing.assert_array_equal(back, jnp.broadcast_to(stat, lay.view_scale_shape))
+
+
+@pytest.mark.parametrize("mode", [dict(), dict(axis=-1), dict(axis=-1, group_size=4)])
+def test_layout_is_the_scale_shape_of_every_quantizer(mode):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32))
+    shape = quant.layout(x.shape, **mode).scale_shape
+    assert quant.quantize(x, 4, **mode).scale.shape == shape
+    assert quant.quantize(x, 4, **mode).layout == quant.layout(x.shape, **mode)
+    chex.assert_shape(quant.minmax_range(x, **mode), shape)
+    chex.assert_shape(quant.percentile_range(x, 99.0, **mode), shape)
+    chex.assert_shape(quant.mse_range(x, 4, num_candidates=4, **mode), shape)
+    chex.assert_shape(quant.lsq_init_scale(x, 4, **mode), shape)
+
+
+def test_layout_is_frozen_and_hashable():
+    a = quant.layout((8, 4), -1, 2)
+    b = quant.layout([8, 4], axis=1, group_size=2, group_axis=-2)
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert a != quant.layout((8, 4), -1)
+    with pytest.raises(AttributeError):
+        a.shape = (4, 8)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    @chex.assert_max_traces(n=1)
+    def double(x, lay):
+        return lay.unview(lay.view(x) * 2)
+
+    for seed in range(3):  # an equal layout built anew is the same static argument
+        x = jnp.full((8, 4), float(seed))
+        np.testing.assert_array_equal(double(x, quant.layout((8, 4), -1, 2)), 2 * x)
+
+
+@pytest.mark.parametrize(
+    "args, exc, match",
+    [
+        (((4, 6), 2), ValueError, "axis"),
+        (((4, 6), 1.0), TypeError, "axis"),
+        (((4, 6), True), TypeError, "axis"),
+        (((4, 6), -1, 5), ValueError, "group_size"),
+        (((4, 6), -1, 0), ValueError, "group_size"),
+        (((4, 6), -1, 2.0), TypeError, "group_size"),
+        (((4, 6), 0, 2, 0), ValueError, "group_axis"),
+        (((4, 6), 0, None, 1), ValueError, "group_axis"),
+        (((4, 6), None, 2, 3), ValueError, "group_axis"),
+        (((), None, 1), ValueError, "rank"),
+    ],
+)
+def test_layout_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        quant.layout(*args)

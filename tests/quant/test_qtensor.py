@@ -1,0 +1,84 @@
+"""Tests for lightcomp.quant.QTensor, quantize and dequantize."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lightcomp import quant
+
+
+def _rand(shape, seed, dtype=np.float32):
+    return np.random.default_rng(seed).normal(size=shape).astype(dtype)
+
+
+MODES = [
+    dict(),
+    dict(axis=-1),
+    dict(axis=-1, group_size=4),
+    dict(axis=1, group_size=3, group_axis=0),
+]
+
+
+def test_per_channel_scale_shapes():
+    x = jnp.asarray(_rand((3, 3, 8, 16), 1))  # a conv kernel (h, w, in, out)
+    assert quant.quantize(x, 8).scale.shape == ()
+    assert quant.quantize(x, 8, axis=-1).scale.shape == (1, 1, 1, 16)
+    assert quant.quantize(x, 8, axis=-1, group_size=4).scale.shape == (1, 1, 2, 16)
+    assert quant.quantize(x, 8, axis=-1, group_size=4).values.shape == x.shape
+    qt = quant.quantize(x, 4, symmetric=False, axis=-1, group_size=4)
+    assert qt.zero_point.shape == qt.scale.shape and qt.zero_point.dtype == jnp.uint8
+    assert qt.shape == x.shape and qt.layout == quant.layout(x.shape, -1, 4)
+
+
+@pytest.mark.parametrize(
+    "dtype, mode, symmetric",
+    [
+        (jnp.float32, MODES[0], True),
+        (jnp.bfloat16, MODES[1], False),
+        (jnp.float16, MODES[2], True),
+        (jnp.float32, MODES[3], False),
+    ],
+)
+def test_dequantize_quantize_is_fake_quant_bit_for_bit(dtype, mode, symmetric):
+    x = jnp.asarray(_rand((12, 5), 3), dtype)
+    kw = dict(symmetric=symmetric, **mode)
+    fq = quant.fake_quant(x, 4, **kw)
+    dq = quant.dequantize(quant.quantize(x, 4, **kw))
+    assert fq.dtype == dq.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(fq, np.float32), np.asarray(dq, np.float32))
+    key = jax.random.key(5)
+    fq_s = quant.fake_quant(x, 4, rounding="stochastic", key=key, **kw)
+    dq_s = quant.dequantize(quant.quantize(x, 4, rounding="stochastic", key=key, **kw))
+    np.testing.assert_array_equal(np.asarray(fq_s, np.float32), np.asarray(dq_s, np.float32))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dequantize_matches_numpy_jitted_and_not(ref, mode):
+    x = jnp.asarray(_rand((12, 6), 8))
+    qt = quant.quantize(x, 5, symmetric=False, **mode)
+    gs, gax = mode.get("group_size"), mode.get("group_axis")
+    s, z = np.asarray(qt.scale), np.asarray(qt.zero_point, np.float32)
+    if gs is not None:  # scales of the group axis broadcast over its groups' elements
+        g = (gax if gax is not None else -2) % x.ndim
+        s, z = np.expand_dims(s, g + 1), np.expand_dims(z, g + 1)
+    vg, _ = ref.grouped(np.asarray(qt.values, np.float32), mode.get("axis"), gs, gax)
+    want = ((vg - z) * s).reshape(x.shape)
+    np.testing.assert_array_equal(quant.dequantize(qt), want)
+    np.testing.assert_array_equal(jax.jit(quant.dequantize)(qt), want)
+
+
+def test_qtensor_is_a_pytree_with_static_configuration():
+    qt = quant.quantize(jnp.asarray(_rand((8, 4), 2)), 6, symmetric=False, axis=-1)
+    leaves = jax.tree.leaves(qt)
+    assert len(leaves) == 3  # values, scale, zero point
+    through_jit = jax.jit(lambda q: q)(qt)
+    chex.assert_trees_all_equal(through_jit, qt)
+    assert (through_jit.bits, through_jit.symmetric, through_jit.axis) == (6, False, 1)
+    assert through_jit.dtype == np.float32
+
+
+def test_dequantize_needs_a_qtensor():
+    with pytest.raises(TypeError, match="QTensor"):
+        quant.dequantize(jnp.ones((4, 6)))
