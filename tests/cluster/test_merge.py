@@ -50,10 +50,10 @@ def test_merge_channels_matches_numpy(metric, threshold):
 
 def test_merge_channels_along_another_axis():
     rng = np.random.default_rng(13)
-    w = rng.standard_normal((5, 3, 2)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 2)).astype(np.float32)  # 8 channels of 6, as above
     w[3] = w[0]  # channel 3 repeats channel 0 along axis 0
     merged, info = cluster.merge_channels(w, 0.999, axis=0)
-    groups = _leader_groups(w.reshape(5, -1).astype(np.float64), 0.999, "cosine")
+    groups = _leader_groups(w.reshape(8, -1).astype(np.float64), 0.999, "cosine")
     np.testing.assert_array_equal(info.groups, groups)
     assert int(info.num_merged) == 1
     np.testing.assert_allclose(merged[3], merged[0], rtol=1e-6)
