@@ -1,5 +1,7 @@
 """Tests for lightcomp/cluster/_kmeans.py: the 1-D k-means core, `kmeans` and `kmeans_tree`."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -96,6 +98,12 @@ def test_kmeans_equals_numpy_lloyd_jitted_and_not():
     np.testing.assert_array_equal(jitted[1], eager[1])
 
 
+@functools.cache
+def _sklearn_inertia(seed, k):
+    x = _data(seed)
+    return KMeans(n_clusters=k, n_init=1, random_state=0).fit(x[:, None]).inertia_
+
+
 @pytest.mark.parametrize("init", ["linear", "kmeans++", "random"])
 def test_kmeans_with_each_init(init):
     x = _data(3)
@@ -106,9 +114,8 @@ def test_kmeans_with_each_init(init):
     _assert_means(x, c, a)
     again = cluster.kmeans(x, 16, init=init, key=key)
     np.testing.assert_array_equal(c, again[0])  # deterministic for a given key
-    sk = KMeans(n_clusters=16, n_init=1, random_state=0).fit(x[:, None])
     # linear (Deep Compression's) and random inits are known to stop in worse local optima
-    assert float(info.inertia) <= (1.1 if init == "kmeans++" else 1.5) * sk.inertia_
+    assert float(info.inertia) <= (1.1 if init == "kmeans++" else 1.5) * _sklearn_inertia(3, 16)
 
 
 def test_init_from_centroids_is_a_fixed_point(fitted):
@@ -209,13 +216,12 @@ def test_sorted_values_match_numpy(preserve_zeros):
     x = _data(8, n=64)
     x[::3] = 0.0
     x[1] = -0.0
-    xs, m = sorted_values(jnp.asarray(x), preserve_zeros)
-    jxs, jm = jax.jit(sorted_values, static_argnums=1)(jnp.asarray(x), preserve_zeros)
+    # the core runs inside the jitted fit only, so it is checked jitted
+    xs, m = jax.jit(sorted_values, static_argnums=1)(jnp.asarray(x), preserve_zeros)
     kept = x[x != 0] if preserve_zeros else x
     want = np.concatenate([np.sort(kept), np.full(x.size - kept.size, np.inf, np.float32)])
     np.testing.assert_array_equal(xs, want)
-    np.testing.assert_array_equal(jxs, xs)
-    assert int(m) == int(jm) == kept.size
+    assert int(m) == kept.size
 
 
 def test_prefix_sums_are_accurate():

