@@ -13,14 +13,20 @@ without gradient, so nothing here stops gradients.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
+
+from lightcomp._checks import (
+    check_choice,
+    check_floating,
+    check_int,
+    check_key,
+    check_number,
+    is_traced,
+)
 
 __all__ = [
     "KINDS",
@@ -39,18 +45,10 @@ KINDS = ("kl", "hard", "mse")
 """The distillation terms `loss` can mix with the label loss."""
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _as_float(x: Any, argname: str, min_ndim: int = 1) -> jax.Array:
     """Checks ``x`` is a floating array of rank >= ``min_ndim`` and upcasts it to float32."""
     x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{argname} must be a floating array, got dtype {x.dtype}")
+    check_floating(x, argname)
     if x.ndim < min_ndim:
         raise ValueError(
             f"{argname} must have rank >= {min_ndim} (batch first), got shape {tuple(x.shape)}"
@@ -59,13 +57,11 @@ def _as_float(x: Any, argname: str, min_ndim: int = 1) -> jax.Array:
 
 
 def _check_same_shape(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> None:
-    try:
-        chex.assert_equal_shape([a, b])
-    except AssertionError as e:
+    if tuple(a.shape) != tuple(b.shape):
         raise ValueError(
             f"{names[0]} has shape {tuple(a.shape)} but {names[1]} has shape "
             f"{tuple(b.shape)}; they must be equal"
-        ) from e
+        )
 
 
 def _logit_pair(student_logits: Any, teacher_logits: Any) -> tuple[jax.Array, jax.Array]:
@@ -76,27 +72,27 @@ def _logit_pair(student_logits: Any, teacher_logits: Any) -> tuple[jax.Array, ja
     return s, t
 
 
-def _check_temperature(temperature: Any) -> None:
-    if isinstance(temperature, jax.core.Tracer):
-        return  # a traced temperature (e.g. annealed) cannot be checked here
-    t = np.asarray(temperature)
-    if t.shape != () or not np.issubdtype(t.dtype, np.number):
-        raise TypeError(f"temperature must be a positive scalar, got {temperature!r}")
-    if not math.isfinite(float(t)) or float(t) <= 0.0:
-        raise ValueError(f"temperature must be > 0 and finite, got {float(t)}")
-
-
-def _check_alpha(alpha: Any) -> None:
-    if isinstance(alpha, jax.core.Tracer):
-        return
-    a = np.asarray(alpha)
-    if a.shape != () or not np.issubdtype(a.dtype, np.number):
-        raise TypeError(f"alpha must be a scalar in [0, 1], got {alpha!r}")
-    if not 0.0 <= float(a) <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {float(a)}")
+def _check_scalar(value: Any, argname: str, **bounds: Any) -> None:
+    """A real scalar within ``bounds`` (as `check_number`); a traced one (annealed) passes."""
+    if not is_traced(value):
+        check_number(value, argname, **bounds)
 
 
 # --------------------------------------------------------------------------- logit losses
+
+
+def _distill_term(kind: str, s: jax.Array, t: jax.Array, temperature: Any) -> jax.Array:
+    """The term ``kind`` of `loss` on float32 logits of one shape (checked by the caller)."""
+    if kind == "kl":
+        temp = jnp.asarray(temperature, jnp.float32)
+        log_ps = jax.nn.log_softmax(s / temp, axis=-1)
+        log_pt = jax.nn.log_softmax(t / temp, axis=-1)
+        kl = optax.losses.kl_divergence_with_log_targets(log_ps, log_pt, axis=-1)
+        return temp**2 * jnp.mean(kl)
+    if kind == "hard":
+        target = jnp.argmax(t, axis=-1)
+        return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(s, target))
+    return jnp.mean(optax.losses.squared_error(s, t))
 
 
 def soft_kl(
@@ -117,18 +113,19 @@ def soft_kl(
       A float32 scalar >= 0.
 
     Raises:
-      ValueError: different shapes, rank 0, ``temperature <= 0``.
+      TypeError: non-float logits, a ``temperature`` that is not a real scalar.
+      ValueError: different shapes, rank 0, ``temperature <= 0`` or NaN/inf.
 
     References:
       Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
+
+    Example:
+      >>> s = jnp.array([[2.0, 0.0, -1.0]])
+      >>> float(lc.distill.soft_kl(s, s, temperature=2.0))
+      0.0
     """
-    _check_temperature(temperature)
-    s, t = _logit_pair(student_logits, teacher_logits)
-    temp = jnp.asarray(temperature, jnp.float32)
-    log_ps = jax.nn.log_softmax(s / temp, axis=-1)
-    log_pt = jax.nn.log_softmax(t / temp, axis=-1)
-    kl = optax.losses.kl_divergence_with_log_targets(log_ps, log_pt, axis=-1)
-    return temp**2 * jnp.mean(kl)
+    _check_scalar(temperature, "temperature", lo=0.0, lo_open=True)
+    return _distill_term("kl", *_logit_pair(student_logits, teacher_logits), temperature)
 
 
 def hard_ce(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
@@ -141,9 +138,7 @@ def hard_ce(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
     Returns:
       A float32 scalar.
     """
-    s, t = _logit_pair(student_logits, teacher_logits)
-    target = jnp.argmax(t, axis=-1)
-    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(s, target))
+    return _distill_term("hard", *_logit_pair(student_logits, teacher_logits), None)
 
 
 def mse(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
@@ -159,8 +154,7 @@ def mse(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
     References:
       Ba & Caruana 2014, "Do Deep Nets Really Need to be Deep?".
     """
-    s, t = _logit_pair(student_logits, teacher_logits)
-    return jnp.mean(optax.losses.squared_error(s, t))
+    return _distill_term("mse", *_logit_pair(student_logits, teacher_logits), None)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -175,9 +169,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       A float32 scalar.
 
     Raises:
+      TypeError: non-float logits, labels neither integer nor floating.
       ValueError: shapes do not fit, or concrete integer labels outside ``[0, classes)``.
     """
-    x = _as_float(logits, "logits")
+    return _label_ce(_as_float(logits, "logits"), labels)
+
+
+def _label_ce(x: jax.Array, labels: Any) -> jax.Array:
+    """`cross_entropy` of float32 logits ``x`` (checked) with ``labels`` (checked here)."""
     y = jnp.asarray(labels)
     if jnp.issubdtype(y.dtype, jnp.floating):
         _check_same_shape(x, y, ("logits", "labels (floating, one row per example)"))
@@ -189,7 +188,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
             f"integer labels must have shape logits.shape[:-1] = {tuple(x.shape[:-1])}, "
             f"got {tuple(y.shape)}"
         )
-    if _is_concrete(y) and y.size:
+    if not is_traced(y) and y.size:
         lo, hi = int(jnp.min(y)), int(jnp.max(y))
         if lo < 0 or hi >= x.shape[-1]:
             raise ValueError(
@@ -222,11 +221,11 @@ def init_feature_projection(
     References:
       Romero et al. 2015, "FitNets: Hints for Thin Deep Nets" (the regressor).
     """
-    for name, v in (("in_features", in_features), ("out_features", out_features)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    kernel = jax.nn.initializers.lecun_normal()(key, (int(in_features), int(out_features)), dtype)
-    return {"kernel": kernel, "bias": jnp.zeros((int(out_features),), dtype)}
+    check_key(key)
+    in_features = check_int(in_features, "in_features", lo=1)
+    out_features = check_int(out_features, "out_features", lo=1)
+    kernel = jax.nn.initializers.lecun_normal()(key, (in_features, out_features), dtype)
+    return {"kernel": kernel, "bias": jnp.zeros((out_features,), dtype)}
 
 
 def feature_mse(
@@ -278,7 +277,7 @@ def feature_mse(
             f"{s.shape[-1]}, {t.shape[-1]})"
         )
     _check_same_shape(s, t, ("student_features (projected)", "teacher_features"))
-    return jnp.mean(optax.losses.squared_error(s, t))
+    return _distill_term("mse", s, t, None)
 
 
 def _attention_map(f: jax.Array, p: float) -> jax.Array:
@@ -314,8 +313,7 @@ def attention_transfer(
     References:
       Zagoruyko & Komodakis 2017, "Paying More Attention to Attention" (ICLR).
     """
-    if not isinstance(p, (int, float, np.number)) or isinstance(p, bool) or not p > 0:
-        raise ValueError(f"p must be a positive number, got {p!r}")
+    _check_scalar(p, "p", lo=0.0, lo_open=True)
     s = _as_float(student_features, "student_features", 3)
     t = _as_float(teacher_features, "teacher_features", 3)
     if s.shape[:-1] != t.shape[:-1]:
@@ -330,14 +328,6 @@ def attention_transfer(
 # --------------------------------------------------------------------------- the mix
 
 
-def _distill_term(kind: str, s: jax.Array, t: jax.Array, temperature: Any) -> jax.Array:
-    if kind == "kl":
-        return soft_kl(s, t, temperature)
-    if kind == "hard":
-        return hard_ce(s, t)
-    return mse(s, t)
-
-
 def loss_parts(
     student_logits: jax.Array,
     teacher_logits: jax.Array,
@@ -349,18 +339,24 @@ def loss_parts(
 ) -> dict[str, jax.Array]:
     """`loss` and its parts, for metrics.
 
+    Args:
+      student_logits, teacher_logits, labels, alpha, temperature, kind: as `loss`.
+
     Returns:
       ``{"loss": total, "distill": distillation term}`` plus ``"label"`` (the
       cross-entropy with the labels) when ``labels`` is given; float32 scalars.
+
+    Raises:
+      TypeError, ValueError: as `loss`.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    _check_alpha(alpha)
-    _check_temperature(temperature)
-    d = _distill_term(kind, student_logits, teacher_logits, temperature)
+    kind = check_choice(kind, KINDS, "kind")
+    _check_scalar(alpha, "alpha", lo=0.0, hi=1.0)
+    _check_scalar(temperature, "temperature", lo=0.0, lo_open=True)
+    s, t = _logit_pair(student_logits, teacher_logits)
+    d = _distill_term(kind, s, t, temperature)
     if labels is None:
         return {"loss": d, "distill": d}
-    ce = cross_entropy(student_logits, labels)
+    ce = _label_ce(s, labels)
     a = jnp.asarray(alpha, jnp.float32)
     return {"loss": a * d + (1.0 - a) * ce, "distill": d, "label": ce}
 
@@ -389,17 +385,14 @@ def loss(
       A float32 scalar.
 
     Raises:
-      ValueError: bad ``kind``, ``alpha`` outside ``[0, 1]``, ``temperature <= 0``,
-        shapes that do not fit.
+      TypeError: non-float logits, an ``alpha`` or ``temperature`` that is not a real
+        scalar (booleans are not numbers).
+      ValueError: bad ``kind``, ``alpha`` outside ``[0, 1]``, ``temperature <= 0``, NaN or
+        inf in either, shapes that do not fit.
 
     References:
       Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
     """
     return loss_parts(
-        student_logits,
-        teacher_logits,
-        labels,
-        alpha=alpha,
-        temperature=temperature,
-        kind=kind,
+        student_logits, teacher_logits, labels, alpha=alpha, temperature=temperature, kind=kind
     )["loss"]

@@ -227,10 +227,50 @@ def test_bad_temperature(temperature):
         distill.loss(_logits(0), _logits(1), temperature=temperature)
 
 
-@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+@pytest.mark.parametrize("temperature", [True, "4", np.ones(2)])
+def test_temperature_must_be_a_real_scalar(temperature):
+    with pytest.raises(TypeError, match="temperature"):
+        distill.soft_kl(_logits(0), _logits(1), temperature)
+    with pytest.raises(TypeError, match="temperature"):
+        distill.loss(_logits(0), _logits(1), temperature=temperature, kind="mse")
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
 def test_bad_alpha(alpha):
     with pytest.raises(ValueError, match="alpha"):
         distill.loss(_logits(0), _logits(1), np.zeros(6, np.int32), alpha=alpha)
+
+
+@pytest.mark.parametrize("alpha", [True, "0.5"])
+def test_alpha_is_a_number_not_a_bool(alpha):
+    with pytest.raises(TypeError, match="alpha"):
+        distill.loss_parts(_logits(0), _logits(1), np.zeros(6, np.int32), alpha=alpha)
+
+
+def test_traced_alpha_and_temperature_are_accepted():
+    s, t = _logits(17), _logits(18)
+    labels = np.arange(6, dtype=np.int32)
+    got = _JIT_PARTS(s, t, labels, jnp.float32(0.25), jnp.float32(3.0))
+    want = 0.25 * _np_soft_kl(s, t, 3.0) + 0.75 * _np_ce(s, labels)
+    np.testing.assert_allclose(got["loss"], want, rtol=1e-5)
+
+
+def test_bad_feature_arguments():
+    with pytest.raises(ValueError, match="in_features must be >= 1"):
+        distill.init_feature_projection(jax.random.key(0), 0, 4)
+    with pytest.raises(TypeError, match="out_features must be an int"):
+        distill.init_feature_projection(jax.random.key(0), 4, 2.0)
+    with pytest.raises(TypeError, match="key must be a PRNG key"):
+        distill.init_feature_projection(0, 4, 4)
+    fs = np.ones((2, 3, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="p must be"):
+        distill.attention_transfer(fs, fs, p=0.0)
+    with pytest.raises(TypeError, match="p must be a number"):
+        distill.attention_transfer(fs, fs, p=True)
+    with pytest.raises(ValueError, match="projection must be"):
+        distill.feature_mse(fs, fs, {"kernel": np.eye(4, dtype=np.float32)})
+    with pytest.raises(ValueError, match="do not map"):
+        distill.feature_mse(fs, fs, {"kernel": np.eye(3, dtype=np.float32), "bias": np.zeros(3)})
 
 
 def test_bad_kind_labels_and_dtypes():
@@ -240,5 +280,7 @@ def test_bad_kind_labels_and_dtypes():
         distill.cross_entropy(_logits(0), np.full(6, 10, np.int32))
     with pytest.raises(TypeError, match="floating"):
         distill.mse(np.ones((2, 3), np.int32), np.ones((2, 3), np.int32))
+    with pytest.raises(TypeError, match="labels must be integer class indices"):
+        distill.cross_entropy(_logits(0), np.zeros(6, bool))
     with pytest.raises(ValueError, match="rank"):
         distill.soft_kl(np.float32(1.0), np.float32(1.0))

@@ -1,4 +1,6 @@
-"""Tests for lightcomp.cluster: 1-D k-means, shared weights, channel merging, the report."""
+"""Tests for lightcomp/cluster/_kmeans.py: the 1-D k-means core, `kmeans` and `kmeans_tree`."""
+
+import functools
 
 import chex
 import jax
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 
 from lightcomp import cluster
+from lightcomp.cluster._kmeans import prefix_sums, sorted_values
 
 N = 500  # one array length for most tests, so the jitted k-means compiles few times
 
@@ -95,8 +98,14 @@ def test_kmeans_equals_numpy_lloyd_jitted_and_not():
     np.testing.assert_array_equal(jitted[1], eager[1])
 
 
+@functools.cache
+def _sklearn_inertia(seed, k):
+    x = _data(seed)
+    return KMeans(n_clusters=k, n_init=1, random_state=0).fit(x[:, None]).inertia_
+
+
 @pytest.mark.parametrize("init", ["linear", "kmeans++", "random"])
-def test_other_inits(init):
+def test_kmeans_with_each_init(init):
     x = _data(3)
     key = jax.random.key(11)
     c, a, info = cluster.kmeans(x, 16, init=init, key=key, with_info=True)
@@ -105,9 +114,8 @@ def test_other_inits(init):
     _assert_means(x, c, a)
     again = cluster.kmeans(x, 16, init=init, key=key)
     np.testing.assert_array_equal(c, again[0])  # deterministic for a given key
-    sk = KMeans(n_clusters=16, n_init=1, random_state=0).fit(x[:, None])
     # linear (Deep Compression's) and random inits are known to stop in worse local optima
-    assert float(info.inertia) <= (1.1 if init == "kmeans++" else 1.5) * sk.inertia_
+    assert float(info.inertia) <= (1.1 if init == "kmeans++" else 1.5) * _sklearn_inertia(3, 16)
 
 
 def test_init_from_centroids_is_a_fixed_point(fitted):
@@ -164,44 +172,6 @@ def test_preserve_zeros():
     np.testing.assert_array_equal(np.asarray(shared)[~nz], 0.0)
 
 
-@pytest.mark.parametrize("reduce", ["sum", "mean"])
-@pytest.mark.parametrize("preserve_zeros", [False, True])
-def test_share_gradient_is_segment_sum(reduce, preserve_zeros):
-    rng = np.random.default_rng(8)
-    k = 6
-    c = jnp.asarray(rng.standard_normal(k), jnp.float32)
-    a = jnp.asarray(rng.integers(0, k, size=(20, 5)), jnp.uint8)
-    g = rng.standard_normal((20, 5)).astype(np.float32)
-
-    def loss(c):
-        return jnp.sum(g * cluster.share(c, a, reduce=reduce, preserve_zeros=preserve_zeros))
-
-    codes = np.asarray(a).reshape(-1)
-    want = np.bincount(codes, weights=g.reshape(-1), minlength=k)
-    if reduce == "mean":
-        want = want / np.maximum(np.bincount(codes, minlength=k), 1)
-    if preserve_zeros:
-        want[0] = 0.0
-    for fn in (jax.grad(loss), jax.jit(jax.grad(loss))):
-        np.testing.assert_allclose(fn(c), want, rtol=1e-5, atol=1e-6)
-    value = np.asarray(c)[codes].reshape(a.shape)
-    if preserve_zeros:
-        value = np.where(np.asarray(a) == 0, 0.0, value)
-    np.testing.assert_array_equal(
-        cluster.share(c, a, reduce=reduce, preserve_zeros=preserve_zeros), value
-    )
-
-
-def test_share_per_channel_gradient():
-    rng = np.random.default_rng(9)
-    c = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
-    a = jnp.asarray(rng.integers(0, 4, size=(7, 3)), jnp.uint8)
-    g = rng.standard_normal((7, 3)).astype(np.float32)
-    grad = jax.grad(lambda c: jnp.sum(g * cluster.share(c, a, axis=1)))(c)
-    want = np.stack([np.bincount(np.asarray(a)[:, i], g[:, i], minlength=4) for i in range(3)])
-    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_weights(dtype):
     x = jnp.asarray(_data(6), dtype)
@@ -238,13 +208,33 @@ def test_empty_clusters_are_refilled():
     _assert_nearest(x, c, a)
 
 
+# --------------------------------------------------------------------------- the 1-D core
+
+
+@pytest.mark.parametrize("preserve_zeros", [False, True])
+def test_sorted_values_match_numpy(preserve_zeros):
+    x = _data(8, n=64)
+    x[::3] = 0.0
+    x[1] = -0.0
+    # the core runs inside the jitted fit only, so it is checked jitted
+    xs, m = jax.jit(sorted_values, static_argnums=1)(jnp.asarray(x), preserve_zeros)
+    kept = x[x != 0] if preserve_zeros else x
+    want = np.concatenate([np.sort(kept), np.full(x.size - kept.size, np.inf, np.float32)])
+    np.testing.assert_array_equal(xs, want)
+    assert int(m) == kept.size
+
+
 def test_prefix_sums_are_accurate():
     xs = jnp.sort(jnp.asarray(np.random.default_rng(0).standard_normal(200_000), jnp.float32))
-    hi, lo = jax.jit(cluster._prefix_sums)(xs)
     edges = np.linspace(0, xs.shape[0], 65).astype(int)
-    got = np.diff(np.asarray(hi, np.float64)[edges]) + np.diff(np.asarray(lo, np.float64)[edges])
     want = np.add.reduceat(np.asarray(xs, np.float64), edges[:-1])
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-3)
+    for fn in (prefix_sums, jax.jit(prefix_sums)):
+        hi, lo = fn(xs)
+        chex.assert_shape((hi, lo), (xs.shape[0] + 1,))
+        got = np.diff(np.asarray(hi, np.float64)[edges]) + np.diff(
+            np.asarray(lo, np.float64)[edges]
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-3)
 
 
 @settings(max_examples=20, deadline=None)
@@ -258,32 +248,63 @@ def test_property_fixed_point(values):
     _assert_means(x, c, a)
 
 
+# --------------------------------------------------------------------------- trees
+
+
+def test_kmeans_tree_fits_each_selected_leaf():
+    rng = np.random.default_rng(13)
+    params = {
+        "Dense_0": {"kernel": rng.standard_normal((50, 10)).astype(np.float32), "bias": np.zeros(10, np.float32)},
+        "Dense_1": {"kernel": rng.standard_normal((25, 20)).astype(np.float32), "bias": np.zeros(20, np.float32)},
+    }  # fmt: skip
+    cents, codes = cluster.kmeans_tree(params, 16)
+    assert cents["Dense_0"]["bias"] is None and codes["Dense_1"]["bias"] is None
+    chex.assert_shape(cents["Dense_0"]["kernel"], (16,))
+    for layer in ("Dense_0", "Dense_1"):
+        c, a = cluster.kmeans(params[layer]["kernel"], 16)
+        np.testing.assert_array_equal(cents[layer]["kernel"], c)
+        np.testing.assert_array_equal(codes[layer]["kernel"], a)
+    bad = {
+        **params,
+        "Dense_1": {**params["Dense_1"], "kernel": np.full((25, 20), np.inf, np.float32)},
+    }
+    with pytest.raises(ValueError, match="Dense_1/kernel"):
+        cluster.kmeans_tree(bad, 16)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, exc, match",
     [
-        ({"k": 0}, "k must be >= 1"),
-        ({"k": 2.0}, "k must be an int"),
-        ({"k": N + 1}, "more than the"),
-        ({"k": 4, "init": "kmeans"}, "init must be one of"),
-        ({"k": 4, "init": "random"}, "needs a PRNG key"),
-        ({"k": 4, "init": "kmeans++"}, "needs a PRNG key"),
-        ({"k": 4, "init": jnp.zeros(3)}, "init centroids must have shape"),
-        ({"k": 4, "iters": 0}, "iters must be >= 1"),
-        ({"k": 4, "tol": -1.0}, "tol must be"),
-        ({"k": 4, "axis": 1}, "axis=1 is out of range"),
-        ({"k": 1, "preserve_zeros": True}, "k must be >= 2"),
+        ({"k": 0}, ValueError, "k must be >= 1"),
+        ({"k": 2.0}, TypeError, "k must be an int"),
+        ({"k": True}, TypeError, "k must be an int"),
+        ({"k": N + 1}, ValueError, "more than the"),
+        ({"k": 4, "init": "kmeans"}, ValueError, "init must be one of"),
+        ({"k": 4, "init": "random"}, ValueError, "needs a PRNG key"),
+        ({"k": 4, "init": "kmeans++"}, ValueError, "needs a PRNG key"),
+        ({"k": 4, "init": "random", "key": 3}, TypeError, "key must be a PRNG key"),
+        ({"k": 4, "init": jnp.zeros(3)}, ValueError, "init centroids must have shape"),
+        ({"k": 4, "init": jnp.zeros(4, jnp.int32)}, TypeError, "init must be a floating"),
+        ({"k": 4, "iters": 0}, ValueError, "iters must be >= 1"),
+        ({"k": 4, "tol": -1.0}, ValueError, "tol must be"),
+        ({"k": 4, "tol": float("nan")}, ValueError, "tol must be"),
+        ({"k": 4, "tol": True}, TypeError, "tol must be a number"),
+        ({"k": 4, "axis": 1}, ValueError, "axis=1 is out of range"),
+        ({"k": 4, "axis": 0.0}, TypeError, "axis must be an int"),
+        ({"k": 1, "preserve_zeros": True}, ValueError, "k must be >= 2"),
+        ({"k": 4, "preserve_zeros": "yes"}, TypeError, "preserve_zeros must be True or False"),
     ],
 )
-def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
         cluster.kmeans(_data(0), **kwargs)
 
 
 def test_bad_data():
-    with pytest.raises(ValueError, match="must be a floating array"):
+    with pytest.raises(TypeError, match="x must be a floating-point array"):
         cluster.kmeans(np.arange(10), 2)
     bad = _data(0)
     bad[3] = np.nan
@@ -297,84 +318,3 @@ def test_bad_data():
         cluster.kmeans(cols, 4, axis=1)
     with pytest.raises(ValueError, match="non-zero values"):
         cluster.kmeans(np.array([0, 0, 1, 2, 0, 1], np.float32), 4, preserve_zeros=True)
-
-
-def test_bad_share_arguments():
-    c = jnp.zeros(4)
-    with pytest.raises(ValueError, match="integer array"):
-        cluster.share(c, jnp.zeros(3))
-    with pytest.raises(ValueError, match="only k=4"):
-        cluster.share(c, jnp.array([0, 4], jnp.uint8))
-    with pytest.raises(ValueError, match=r"shape \[3, k\]"):
-        cluster.share(c, jnp.zeros((2, 3), jnp.uint8), axis=1)
-    with pytest.raises(ValueError, match="reduce must be"):
-        cluster.share(c, jnp.zeros(3, jnp.uint8), reduce="max")
-
-
-# --------------------------------------------------------------------------- trees and merging
-
-
-def _leader_groups(v, threshold, metric):
-    groups = list(range(len(v)))
-    for i in range(len(v)):
-        for r in range(i):
-            if groups[r] != r:
-                continue
-            if metric == "euclidean":
-                ok = np.linalg.norm(v[i] - v[r]) <= threshold
-            else:
-                ni, nr = np.linalg.norm(v[i]), np.linalg.norm(v[r])
-                ok = (ni == nr == 0) or (ni > 0 and nr > 0 and v[i] @ v[r] / (ni * nr) >= threshold)
-            if ok:
-                groups[i] = r
-                break
-    return np.array(groups)
-
-
-@pytest.mark.parametrize("metric, threshold", [("cosine", 0.98), ("euclidean", 0.5)])
-def test_merge_channels_matches_numpy(metric, threshold):
-    rng = np.random.default_rng(12)
-    base = rng.standard_normal((6, 4)).astype(np.float32)
-    cols = [base[:, 0], base[:, 1], 1.5 * base[:, 0], base[:, 1] + 0.01, base[:, 2],
-            np.zeros(6, np.float32), np.zeros(6, np.float32), base[:, 3]]  # fmt: skip
-    w = np.stack(cols, axis=-1)
-    merged, info = cluster.merge_channels(w, threshold, metric=metric)
-    groups = _leader_groups(w.T.astype(np.float64), threshold, metric)
-    np.testing.assert_array_equal(info.groups, groups)
-    assert int(info.num_groups) == len(set(groups.tolist()))
-    assert int(info.num_merged) == 8 - len(set(groups.tolist()))
-    want = np.stack([w[:, groups == g].mean(axis=1) for g in groups], axis=-1)
-    np.testing.assert_allclose(merged, want, rtol=1e-6)
-    assert merged.dtype == w.dtype
-    jitted = jax.jit(lambda v: cluster.merge_channels(v, threshold, metric=metric))(w)
-    np.testing.assert_array_equal(jitted[1].groups, info.groups)
-    with pytest.raises(ValueError, match="metric must be"):
-        cluster.merge_channels(w, 0.5, metric="manhattan")
-    with pytest.raises(ValueError, match="threshold"):
-        cluster.merge_channels(w, 2.0 if metric == "cosine" else -1.0, metric=metric)
-
-
-def test_kmeans_tree_and_report():
-    rng = np.random.default_rng(13)
-    params = {
-        "Dense_0": {"kernel": rng.standard_normal((50, 10)).astype(np.float32), "bias": np.zeros(10, np.float32)},
-        "Dense_1": {"kernel": rng.standard_normal((25, 20)).astype(np.float32), "bias": np.zeros(20, np.float32)},
-    }  # fmt: skip
-    cents, codes = cluster.kmeans_tree(params, 16)
-    assert cents["Dense_0"]["bias"] is None and codes["Dense_1"]["bias"] is None
-    chex.assert_shape(cents["Dense_0"]["kernel"], (16,))
-    report = cluster.cluster_report(params, cents, codes)
-    assert list(report) == ["Dense_0/kernel", "Dense_1/kernel"]
-    r = report["Dense_0/kernel"]
-    w = params["Dense_0"]["kernel"]
-    recon = np.asarray(cents["Dense_0"]["kernel"])[np.asarray(codes["Dense_0"]["kernel"])]
-    assert (r.k, r.bits, r.channels) == (16, 4, 1)
-    np.testing.assert_allclose(r.inertia, np.sum((w - recon) ** 2), rtol=1e-5)
-    assert (r.codebook_bytes, r.index_bytes, r.dense_bytes) == (64, 250, 2000)
-    assert r.total_bytes == 314
-    bad = {
-        **params,
-        "Dense_1": {**params["Dense_1"], "kernel": np.full((25, 20), np.inf, np.float32)},
-    }
-    with pytest.raises(ValueError, match="Dense_1/kernel"):
-        cluster.kmeans_tree(bad, 16)
