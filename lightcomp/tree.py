@@ -179,7 +179,9 @@ def select(
     """Builds a `Select` rule; see its docstring.
 
     Example:
-      >>> rule = select(include=r"Dense_\\d/kernel", exclude=r"Dense_2")
+      >>> rule = lc.tree.select(include=r"Dense_\\d/kernel", exclude=r"Dense_2")
+      >>> rule("Dense_0/kernel", jnp.ones((2, 2))), rule("Dense_2/kernel", jnp.ones((2, 2)))
+      (True, False)
     """
     inc = (include,) if isinstance(include, str) else tuple(include)
     exc = (exclude,) if isinstance(exclude, str) else tuple(exclude)
