@@ -134,11 +134,14 @@ def check_finite(x: Any, argname: str, *, path: str | None = None, why: str = ""
     """
     if is_traced(x):
         return
-    with jax.ensure_compile_time_eval():  # concrete even while an outer function is traced
-        bad = ~jnp.isfinite(jnp.asarray(x))
-        count = int(jnp.sum(bad))
+    # NumPy, not jnp: an eager jnp reduction compiles again for every new shape.
+    a = np.asarray(x)
+    if a.dtype.kind not in "fc":
+        a = a.astype(np.float32)  # bfloat16 and float8 (ml_dtypes) through float32
+    bad = ~np.isfinite(a)
+    count = int(bad.sum())
     if count:
-        first = int(jnp.argmax(bad.reshape(-1)))
+        first = int(np.argmax(bad.reshape(-1)))
         tail = f"; {why}" if why else ""
         raise ValueError(
             f"{argname}{at(path)} has {count} NaN/inf value(s) (first at flat index {first}){tail}"
