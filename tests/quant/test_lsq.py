@@ -59,37 +59,33 @@ def test_lsq_forward_and_gradients_match_formula(ref, symmetric, axis):
     jy, jvjp = jax.vjp(jax.jit(f), jnp.asarray(x), jnp.asarray(s))
     np.testing.assert_array_equal(jy, y)
     chex.assert_trees_all_close(jvjp(jnp.asarray(gy)), (gx, gs), rtol=1e-6)
-    # the keepdims scale of the layout gives the same values and gradients
-    _, vjp_k = jax.vjp(f, jnp.asarray(x), jnp.asarray(s_b))
-    np.testing.assert_array_equal(vjp_k(jnp.asarray(gy))[1].ravel(), np.ravel(gs))
 
 
-@pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("axis", [None, -1])
-def test_lsq_per_group_matches_numpy(ref, jit, axis):
-    x = _rand((8, 3), 19) * 2
-    gy = _rand((8, 3), 20)
-    init = quant.lsq_init_scale(jnp.asarray(x), 3, axis=axis, group_size=4)
-    shape = quant.layout(x.shape, axis, 4).scale_shape
-    chex.assert_shape(init, shape)
-    xg, _ = ref.grouped(np.abs(x), axis, 4, None)
-    red = (1,) if axis is not None else (1, 2)
-    want_init = np.maximum(2 * xg.mean(axis=red) / np.sqrt(3), 1e-8).reshape(shape)
-    np.testing.assert_allclose(init, want_init, rtol=1e-6)
-    s = jnp.asarray(want_init * 0.7)
-    f = lambda x, s: quant.lsq_fake_quant(x, s, 3, axis=axis, group_size=4)
-    f = jax.jit(f) if jit else f
-    y, vjp = jax.vjp(f, jnp.asarray(x), s)
-    gx, gs = vjp(jnp.asarray(gy))
-    want_y, want_gx, want_gs = _np_lsq(ref, x, np.asarray(s), gy, 3, True, axis, 4)
-    np.testing.assert_allclose(y, want_y, rtol=1e-6)
-    np.testing.assert_array_equal(gx, want_gx)
-    np.testing.assert_allclose(gs, want_gs, rtol=1e-5, atol=1e-6)
+def test_lsq_per_group_matches_numpy(ref):
+    x = _rand((20, 3), 19) * 2
+    gy = _rand((20, 3), 20)
+    xg, _ = ref.grouped(np.abs(x), None, 5, None)
+    per_group = quant.lsq_init_scale(jnp.asarray(x), 3, group_size=5)  # one step per group
+    np.testing.assert_allclose(
+        per_group, 2 * xg.mean(axis=(1, 2), keepdims=True)[:, 0] / np.sqrt(3), rtol=1e-6
+    )
+    init = quant.lsq_init_scale(jnp.asarray(x), 3, axis=-1, group_size=5)
+    chex.assert_shape(init, quant.layout(x.shape, -1, 5).scale_shape)  # (4, 3)
+    np.testing.assert_allclose(init, 2 * xg.mean(axis=1) / np.sqrt(3), rtol=1e-6)
+    s = jnp.asarray(np.asarray(init) * 0.7)
+    want_y, want_gx, want_gs = _np_lsq(ref, x, np.asarray(s), gy, 3, True, -1, 5)
+    f = lambda x, s: quant.lsq_fake_quant(x, s, 3, axis=-1, group_size=5)
+    for fn in (f, jax.jit(f)):
+        y, vjp = jax.vjp(fn, jnp.asarray(x), s)
+        gx, gs = vjp(jnp.asarray(gy))
+        np.testing.assert_allclose(y, want_y, rtol=1e-6)
+        np.testing.assert_array_equal(gx, want_gx)
+        np.testing.assert_allclose(gs, want_gs, rtol=1e-5, atol=1e-6)
 
 
 def test_lsq_per_tensor_accepts_a_scale_that_broadcasts_to_x():
-    x = jnp.asarray(_rand((6, 4), 22))
-    gy = jnp.asarray(_rand((6, 4), 23))
+    x = jnp.asarray(_rand((20, 3), 22))
+    gy = jnp.asarray(_rand((20, 3), 23))
     f = lambda s: quant.lsq_fake_quant(x, s, 4)
     y0, vjp0 = jax.vjp(f, jnp.float32(0.2))
     y1, vjp1 = jax.vjp(f, jnp.full((1, 1), 0.2, jnp.float32))  # 0.1.0's keepdims form
@@ -105,8 +101,6 @@ def test_lsq_init_scale_matches_paper():
     s = quant.lsq_init_scale(jnp.asarray(x), 4, axis=-1)
     chex.assert_shape(s, (1, 4))
     np.testing.assert_allclose(s.ravel(), 2 * np.abs(x).mean(0) / np.sqrt(7), rtol=1e-6)
-    jitted = jax.jit(lambda x: quant.lsq_init_scale(x, 4, axis=-1))(jnp.asarray(x))
-    np.testing.assert_allclose(jitted, s, rtol=1e-6)
 
 
 def test_lsq_scale_learns_with_optax():

@@ -44,15 +44,15 @@ def test_nnx_wrapper_matches_linen_and_freezes_in_eval():
 
 
 def test_fake_quant_inputs_outputs_and_ema():
-    layer = quant.FakeQuantInputs(nnx.Linear(64, 4, rngs=nnx.Rngs(1)), 6, outputs=True, decay=0.5)
+    layer = quant.FakeQuantInputs(nnx.Linear(64, 16, rngs=nnx.Rngs(1)), outputs=True, decay=0.5)
     layer(X)
     y = layer(3 * X)
     assert int(layer.in_count[...]) == int(layer.out_count[...]) == 2
     np.testing.assert_allclose(layer.in_max[...], 0.5 * X.max() + 0.5 * 3 * X.max(), rtol=1e-6)
     in_range = (layer.in_min[...], layer.in_max[...])
-    h = layer.layer(quant.fake_quant(3 * X, 6, symmetric=False, range=in_range))
+    h = layer.layer(quant.fake_quant(3 * X, 8, symmetric=False, range=in_range))
     out_range = (layer.out_min[...], layer.out_max[...])
-    np.testing.assert_array_equal(y, quant.fake_quant(h, 6, symmetric=False, range=out_range))
+    np.testing.assert_array_equal(y, quant.fake_quant(h, 8, symmetric=False, range=out_range))
 
 
 def test_wrap_nnx_bad_input_leaves_the_model_unchanged():

@@ -27,6 +27,11 @@ def test_per_channel_scale_shapes():
     assert quant.quantize(x, 8, axis=-1).scale.shape == (1, 1, 1, 16)
     assert quant.quantize(x, 8, axis=-1, group_size=4).scale.shape == (1, 1, 2, 16)
     assert quant.quantize(x, 8, axis=-1, group_size=4).values.shape == x.shape
+    # every quantizer stores its scales in the layout's scale shape
+    lay = quant.layout(x.shape, -1, 4)
+    assert quant.quantize(x, 8, axis=-1, group_size=4).layout == lay
+    chex.assert_shape(quant.minmax_range(x, -1, group_size=4), lay.scale_shape)
+    chex.assert_shape(quant.lsq_init_scale(x, 8, axis=-1, group_size=4), lay.scale_shape)
     qt = quant.quantize(x, 4, symmetric=False, axis=-1, group_size=4)
     assert qt.zero_point.shape == qt.scale.shape and qt.zero_point.dtype == jnp.uint8
     assert qt.shape == x.shape and qt.layout == quant.layout(x.shape, -1, 4)
@@ -41,32 +46,30 @@ def test_per_channel_scale_shapes():
         (jnp.float32, MODES[3], False),
     ],
 )
-def test_dequantize_quantize_is_fake_quant_bit_for_bit(dtype, mode, symmetric):
+def test_dequantize_quantize_is_fake_quant_bit_for_bit(ref, dtype, mode, symmetric):
     x = jnp.asarray(_rand((12, 5), 3), dtype)
     kw = dict(symmetric=symmetric, **mode)
     fq = quant.fake_quant(x, 4, **kw)
-    dq = quant.dequantize(quant.quantize(x, 4, **kw))
+    qt = quant.quantize(x, 4, **kw)
+    dq = quant.dequantize(qt)
     assert fq.dtype == dq.dtype == dtype
     np.testing.assert_array_equal(np.asarray(fq, np.float32), np.asarray(dq, np.float32))
+    # dequantize is (values - zero_point) * scale in float32, jitted or not
+    gs, gax = mode.get("group_size"), mode.get("group_axis")
+    s = np.asarray(qt.scale)
+    z = 0.0 if symmetric else np.asarray(qt.zero_point, np.float32)
+    if gs is not None:  # scales of the group axis broadcast over its groups' elements
+        g = (gax if gax is not None else -2) % x.ndim
+        s = np.expand_dims(s, g + 1)
+        z = z if symmetric else np.expand_dims(z, g + 1)
+    vg, _ = ref.grouped(np.asarray(qt.values, np.float32), mode.get("axis"), gs, gax)
+    want = ((vg - z) * s).reshape(x.shape).astype(dtype).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(dq, np.float32), want)
+    np.testing.assert_array_equal(np.asarray(jax.jit(quant.dequantize)(qt), np.float32), want)
     key = jax.random.key(5)
     fq_s = quant.fake_quant(x, 4, rounding="stochastic", key=key, **kw)
     dq_s = quant.dequantize(quant.quantize(x, 4, rounding="stochastic", key=key, **kw))
     np.testing.assert_array_equal(np.asarray(fq_s, np.float32), np.asarray(dq_s, np.float32))
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_dequantize_matches_numpy_jitted_and_not(ref, mode):
-    x = jnp.asarray(_rand((12, 6), 8))
-    qt = quant.quantize(x, 5, symmetric=False, **mode)
-    gs, gax = mode.get("group_size"), mode.get("group_axis")
-    s, z = np.asarray(qt.scale), np.asarray(qt.zero_point, np.float32)
-    if gs is not None:  # scales of the group axis broadcast over its groups' elements
-        g = (gax if gax is not None else -2) % x.ndim
-        s, z = np.expand_dims(s, g + 1), np.expand_dims(z, g + 1)
-    vg, _ = ref.grouped(np.asarray(qt.values, np.float32), mode.get("axis"), gs, gax)
-    want = ((vg - z) * s).reshape(x.shape)
-    np.testing.assert_array_equal(quant.dequantize(qt), want)
-    np.testing.assert_array_equal(jax.jit(quant.dequantize)(qt), want)
 
 
 def test_qtensor_is_a_pytree_with_static_configuration():
