@@ -93,8 +93,8 @@ def as_batches(calib_inputs: Any) -> list[Any]:
 class _Recorder:
     """Collects, during one trace, what every intercepted layer call saw."""
 
-    def __init__(self, params: PyTree, wanted: frozenset[str] | None, compute: bool):
-        self.ids = {id(leaf): path for path, leaf in lt.leaves_with_paths(params)}
+    def __init__(self, wanted: frozenset[str] | None, compute: bool):
+        self.ids: dict[int, str] = {}
         self.wanted = wanted
         self.compute = compute
         self.views: dict[str, LayerView] = {}
@@ -156,6 +156,9 @@ def _nnx_calls(rec: _Recorder):
 
 
 def _intercepted(apply_fn, rec: _Recorder, params, inputs):
+    """``apply_fn(params, inputs)`` with every layer call recorded; ``params`` are the (traced)
+    leaves the layers will read, so they are what the calls are matched against."""
+    rec.ids = {id(leaf): path for path, leaf in lt.leaves_with_paths(params)}
     def linen(next_fun, args, kwargs, context):
         mod = context.module
         if context.method_name == "__call__" and args:
@@ -188,7 +191,7 @@ def plan(apply_fn: Callable, params: PyTree, inputs: Any, select: lt.SelectLike 
         inputs reach (naming it; `LayerError` when its layer type has no derived axes).
     """
     check_callable(apply_fn, "apply_fn")
-    rec = _Recorder(params, None, compute=False)
+    rec = _Recorder(None, compute=False)
     jax.eval_shape(functools.partial(_intercepted, apply_fn, rec), params, inputs)
     chosen = list(rec.views) if select is None else lt.selected_paths(params, select)
     if select is not None and not chosen:
@@ -229,7 +232,7 @@ def gram_step(apply_fn: Callable, paths: Iterable[str]) -> Callable:
     wanted = frozenset(paths)
 
     def step(sums, params, inputs):
-        rec = _Recorder(params, wanted, compute=True)
+        rec = _Recorder(wanted, compute=True)
         _intercepted(apply_fn, rec, params, inputs)
         missing = sorted(wanted - set(rec.sums))
         if missing:
@@ -301,3 +304,12 @@ def accumulate(step: Callable, params: PyTree, batches: list, views) -> dict[str
 def dead_columns(gram: Gram) -> np.ndarray:
     """int ``[S]``: input columns with ``diag H == 0`` (inputs that were always zero)."""
     return np.asarray(jnp.sum(jnp.diagonal(gram.matrix, axis1=-2, axis2=-1) == 0, axis=-1))
+
+
+def matrix_case(w: Any, h: Any) -> tuple[LayerView, jax.Array, Gram]:
+    """A bare ``[O, I]`` matrix and its Gram as a Dense kernel ``[I, O]``."""
+    w, h = jnp.asarray(w), jnp.asarray(h, jnp.float32)
+    if w.ndim != 2 or h.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(f"w must be [O, I] and h [I, I]; got w {w.shape}, h {h.shape}")
+    view = LayerView("w", "matrix", (w.shape[1], w.shape[0]), (), (0,), (1,))
+    return view, w.T.astype(jnp.float32), Gram(h[None], jnp.ones((), jnp.float32))
