@@ -75,7 +75,7 @@ def mlp_task():
 
     @jax.jit
     def step(p, s, x, y):
-        loss, g = jax.value_and_grad(lambda p: lc.distill.cross_entropy(apply(p, x), y))(p)
+        _loss, g = jax.value_and_grad(lambda p: lc.distill.cross_entropy(apply(p, x), y))(p)
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s
 
