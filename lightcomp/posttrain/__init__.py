@@ -21,7 +21,7 @@ recover accuracy while keeping both. Layers inside ``nn.scan`` / ``nnx.scan`` / 
 not seen (unroll them), and an ``apply_fn`` already wrapped in ``jax.jit`` is not traced
 anew: pass the plain function.
 
-`CharLM`, `stdlib_text`, `train_char_lm` and `perplexity` are the small character-level
+`CharLM`, `stdlib_text`, `encode`, `windows`, `train_char_lm` and `perplexity` are the small character-level
 language model the benchmark and the demo compress.
 """
 
@@ -29,19 +29,29 @@ from lightcomp.posttrain._baselines import magnitude, rtn
 from lightcomp.posttrain._calibration import Gram, grams
 from lightcomp.posttrain._gptq import gptq, gptq_matrix
 from lightcomp.posttrain._layers import LayerError, LayerView
+from lightcomp.posttrain._lm import Block, CharLM, next_char_loss, perplexity, train_char_lm
 from lightcomp.posttrain._sparsegpt import sparsegpt, sparsegpt_matrix
+from lightcomp.posttrain._text import encode, stdlib_text, windows
 from lightcomp.posttrain._wanda import wanda
 
 __all__ = [
+    "Block",
+    "CharLM",
     "Gram",
     "LayerError",
     "LayerView",
+    "encode",
     "gptq",
     "gptq_matrix",
     "grams",
     "magnitude",
+    "next_char_loss",
+    "perplexity",
     "rtn",
     "sparsegpt",
     "sparsegpt_matrix",
+    "stdlib_text",
+    "train_char_lm",
     "wanda",
+    "windows",
 ]

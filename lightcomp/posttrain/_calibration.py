@@ -39,6 +39,7 @@ from lightcomp.posttrain._layers import (
 )
 
 PyTree = Any
+WEIGHT_NAMES = ("kernel", "embedding")  # Flax's names for a layer's weight matrix
 
 
 class Gram(NamedTuple):
@@ -159,6 +160,7 @@ def _intercepted(apply_fn, rec: _Recorder, params, inputs):
     """``apply_fn(params, inputs)`` with every layer call recorded; ``params`` are the (traced)
     leaves the layers will read, so they are what the calls are matched against."""
     rec.ids = {id(leaf): path for path, leaf in lt.leaves_with_paths(params)}
+
     def linen(next_fun, args, kwargs, context):
         mod = context.module
         if context.method_name == "__call__" and args:
@@ -181,28 +183,32 @@ def plan(apply_fn: Callable, params: PyTree, inputs: Any, select: lt.SelectLike 
       params: the parameter tree ``apply_fn`` takes.
       inputs: one calibration batch.
       select: None for every kernel of a layer ``apply_fn`` calls; otherwise
-        `lightcomp.tree.as_select`'s rule, each chosen leaf must be such a kernel.
+        `lightcomp.tree.as_select`'s rule narrows them. A leaf named ``kernel`` or
+        ``embedding`` that an ``include`` pattern matches must be such a kernel.
 
     Returns:
       A `Plan`.
 
     Raises:
-      ValueError: no layer is reached, or a chosen leaf is not the kernel of a layer the
-        inputs reach (naming it; `LayerError` when its layer type has no derived axes).
+      ValueError: no selected layer is reached, or a weight an ``include`` pattern names is
+        not the kernel of a layer the inputs reach (naming it; `LayerError` when its layer
+        type has no derived input axes).
     """
     check_callable(apply_fn, "apply_fn")
     rec = _Recorder(None, compute=False)
     jax.eval_shape(functools.partial(_intercepted, apply_fn, rec), params, inputs)
-    chosen = list(rec.views) if select is None else lt.selected_paths(params, select)
-    if select is not None and not chosen:
-        raise ValueError(f"select chose no leaf of params; paths are {lt.paths(params)}")
-    for path in chosen:
-        if path not in rec.views:
-            _not_reached(path, rec)
+    rule = lt.as_select(select)
+    picked = set(lt.selected_paths(params, rule))
+    chosen = [p for p in rec.views if select is None or p in picked]
+    if rule.include:  # a weight named on purpose must be a kernel the inputs reach
+        for path in sorted(picked - set(rec.views)):
+            if path.rsplit("/", 1)[-1] in WEIGHT_NAMES:
+                _not_reached(path, rec)
     if not chosen:
         raise ValueError(
-            f"apply_fn(params, calib_inputs) called no layer of the types {KNOWN} whose kernel "
-            "is a leaf of params (is apply_fn already jitted? pass the plain function)"
+            f"apply_fn(params, calib_inputs) called no selected layer of the types {KNOWN} "
+            "whose kernel is a leaf of params (is apply_fn already jitted? pass the plain "
+            f"function); layers seen: {sorted(rec.views)}"
         )
     keep = set(chosen)
     groups = [[p for p in g if p in keep] for g in rec.groups.values()]

@@ -105,7 +105,7 @@ def test_refusals_name_the_layer():
     tied = lambda p, x: model.apply({"params": p}, x, tied=True)
     with pytest.raises(lc.posttrain.LayerError, match="'Embed_0/embedding'.*Embed"):
         lc.posttrain.grams(tied, params, x, select="embedding")
-    with pytest.raises(ValueError, match="called no layer.*already jitted"):
+    with pytest.raises(ValueError, match="called no selected layer.*already jitted"):
         lc.posttrain.grams(tied, params, x)
     with pytest.raises(ValueError, match="empty"):
         lc.posttrain.grams(apply, params, [])
