@@ -32,11 +32,12 @@ def check_target(sparsity: Any) -> Target:
 
 
 def check_scope(scope: Any, target: Target) -> str:
-    """``"layer"`` (exact count per kernel) or ``"output"`` (per output row); n:m has none."""
+    """``"layer"`` (exact count per kernel) or ``"output"`` (per output row).
+
+    An n:m pattern fixes its own counts: either value is accepted and ``"layer"`` returned.
+    """
     scope = check_choice(scope, SCOPES, "scope")
-    if isinstance(target, prune.NM) and scope != "layer":
-        raise ValueError(f"scope={scope!r} is for a fraction; an n:m pattern fixes its own counts")
-    return scope
+    return "layer" if isinstance(target, prune.NM) else scope
 
 
 def check_grid(bits: Any, group_size: Any, symmetric: Any, *, static: bool) -> Grid:
