@@ -100,12 +100,12 @@ def test_refusals_name_the_layer():
     params = model.init(jax.random.key(0), jnp.zeros((200, 3), jnp.int32))["params"]
     params = {**params, **model.init(jax.random.key(1), x)["params"]}
     apply = lambda p, x: model.apply({"params": p}, x)
-    with pytest.raises(ValueError, match="'Dense_0/kernel'.*never reach"):
+    with pytest.raises(ValueError, match=r"'Dense_0/kernel'.*never reach"):
         lc.posttrain.grams(apply, params, x, select=r"Dense_0/kernel")
     tied = lambda p, x: model.apply({"params": p}, x, tied=True)
-    with pytest.raises(lc.posttrain.LayerError, match="'Embed_0/embedding'.*Embed"):
+    with pytest.raises(lc.posttrain.LayerError, match=r"'Embed_0/embedding'.*Embed"):
         lc.posttrain.grams(tied, params, x, select="embedding")
-    with pytest.raises(ValueError, match="called no selected layer.*already jitted"):
+    with pytest.raises(ValueError, match=r"called no selected layer.*already jitted"):
         lc.posttrain.grams(tied, params, x)
     with pytest.raises(ValueError, match="empty"):
         lc.posttrain.grams(apply, params, [])

@@ -74,9 +74,9 @@ def test_nnx_rows_times_matrix_is_the_output(make, shape):
 
 def test_grouped_conv_and_unknown_layers_are_refused_by_path():
     conv = nn.Conv(4, (3, 3), feature_group_count=2)
-    with pytest.raises(LayerError, match="'a/kernel'.*grouped"):
+    with pytest.raises(LayerError, match=r"'a/kernel'.*grouped"):
         derive(conv, jnp.ones((1, 4, 4, 4)), (), {}, "a/kernel", (3, 3, 2, 4))
-    with pytest.raises(LayerError, match="'e/embedding'.*Embed.*no derived input axes"):
+    with pytest.raises(LayerError, match=r"'e/embedding'.*Embed.*no derived input axes"):
         derive(nn.Embed(4, 3), jnp.ones((2, 3)), (), {}, "e/embedding", (4, 3))
     with pytest.raises(LayerError, match="sums input letter"):
         derive(nn.Einsum((4, 5), "bci,io->bo"), jnp.ones((2, 3, 4)), (), {}, "k", (4, 5))

@@ -93,13 +93,13 @@ def test_bad_configuration_is_refused_before_any_work(mlp_task):
         lc.posttrain.sparsegpt(apply, params, x, True)
     with pytest.raises(ValueError, match="fraction or an n:m"):
         lc.posttrain.sparsegpt(apply, params, x, lc.prune.Channel())
-    with pytest.raises(ValueError, match="m=3 does not divide.*'Dense_0/kernel'"):
+    with pytest.raises(ValueError, match=r"m=3 does not divide.*'Dense_0/kernel'"):
         lc.posttrain.sparsegpt(apply, params, x, lc.prune.NM(1, 3))
-    with pytest.raises(ValueError, match="group_size=5 does not divide.*'Dense_0/kernel'"):
+    with pytest.raises(ValueError, match=r"group_size=5 does not divide.*'Dense_0/kernel'"):
         lc.posttrain.sparsegpt(apply, params, x, 0.5, bits=4, group_size=5)
     with pytest.raises(ValueError, match="pass bits"):
         lc.posttrain.sparsegpt(apply, params, x, 0.5, group_size=8)
-    with pytest.raises(ValueError, match="bits must be in 2..8"):
+    with pytest.raises(ValueError, match=r"bits must be in 2..8"):
         lc.posttrain.sparsegpt(apply, params, x, 0.5, bits=9)
     with pytest.raises(TypeError, match="sequential"):
         lc.posttrain.sparsegpt(apply, params, x, 0.5, sequential="yes")
