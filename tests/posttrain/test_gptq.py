@@ -41,7 +41,7 @@ def test_beats_round_to_nearest_on_layer_output_error():
                 jnp.asarray(w), bits, axis=0, group_size=group, group_axis=group and 1
             )
             gptq_err = output_error(x, w, np.asarray(lc.quant.dequantize(qt)))
-            assert gptq_err < 0.8 * output_error(x, w, np.asarray(rtn)), (seed, bits)
+            assert gptq_err < 0.9 * output_error(x, w, np.asarray(rtn)), (seed, bits)
 
 
 def test_nnx_and_every_layer_type(zoo, nnx_zoo):
