@@ -186,6 +186,8 @@ def _check_leaf(meta: Any, index: int, offset: int, payload_bytes: int) -> int:
     )
     try:
         _keys(meta, "the manifest entry", _LEAF_KEYS)
+        if not isinstance(meta["path"], str):
+            raise ValueError(f"path must be a string, got {meta['path']!r}")
         shape, dt = _check_shape(meta["shape"]), dtype_named(meta["dtype"])
         if meta["kind"] not in ("jax", "numpy"):
             raise ValueError(f"kind must be 'jax' or 'numpy', got {meta['kind']!r}")

@@ -101,3 +101,11 @@ def test_shift_moves_only_the_part_index():
 def test_unknown_coder_is_an_error():
     with pytest.raises(ValueError, match="unknown integer coding"):
         decode_ints({"c": "rle", "n": 1, "p": 0}, [b""])
+
+
+def test_decode_ints_refuses_another_count_before_decoding():
+    parts: list[bytes] = []
+    spec = best_ints(np.arange(40) % 5, parts, True)
+    np.testing.assert_array_equal(decode_ints(spec, parts, n=40), np.arange(40) % 5)
+    with pytest.raises(ValueError, match="40 values declared, 41 expected"):
+        decode_ints(spec, parts, n=41)
