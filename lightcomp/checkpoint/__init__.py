@@ -21,8 +21,8 @@ Typed PRNG keys (``jax.random.key``) are stored as their ``uint32`` key data
 recorded implementation, because array serialization has no key dtype.
 """
 
+from lightcomp.checkpoint._errors import CheckpointError
 from lightcomp.checkpoint._manager import (
-    CheckpointError,
     Manager,
     latest_step,
     restore,
