@@ -132,6 +132,9 @@ class Manager:
           config: this step's configuration instead of the manager's.
           force: save whatever ``step`` is.
 
+        Every leaf's digest is computed on the host here, before `save` returns (also
+        with ``async_save``: it costs one pass over the state's bytes).
+
         Returns:
           True when a save was started.
 
@@ -271,10 +274,12 @@ class Manager:
                     "; ".join(str(e) for e in skipped),
                 )
             return (state, s) if return_step else state
-        raise self._error(
+        raise CheckpointError(
             f"no step of checkpoint {self.directory!r} up to step {first} verifies: "
             + "; ".join(str(e) for e in skipped),
+            self.directory,
             first,
+            damaged=True,
         )
 
     def wait(self) -> None:
