@@ -42,6 +42,11 @@ def _where(directory: str, step: int) -> str:
     return f"checkpoint {directory!r} step {step}"
 
 
+def _error(directory: str, step: int, text: str, **kwargs) -> CheckpointError:
+    """``CheckpointError("checkpoint '<directory>' step <step><text>")``."""
+    return CheckpointError(f"{_where(directory, step)}{text}", directory, step, **kwargs)
+
+
 def _first_line(e: Exception, limit: int = 300) -> str:
     text = str(e).strip().splitlines()
     line = text[0] if text else ""
@@ -50,86 +55,72 @@ def _first_line(e: Exception, limit: int = 300) -> str:
 
 def read_json(mgr: ocp.CheckpointManager, directory: str, step: int, item: str) -> Any:
     """The JSON item ``item`` of ``step``; unreadable is a damaged-step `CheckpointError`."""
+    args = ocp.args.Composite(**{item: ocp.args.JsonRestore()})
     try:
         with quiet_orbax():
-            return mgr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[
-                item
-            ]
+            return mgr.restore(step, args=args)[item]
     except Exception as e:
         log.debug("reading %r of %s failed", item, _where(directory, step), exc_info=True)
-        raise CheckpointError(
-            f"{_where(directory, step)}: cannot read {item!r}: {_first_line(e)}",
-            directory,
-            step,
-            damaged=True,
-        ) from e
+        text = f": cannot read {item!r}: {_first_line(e)}"
+        raise _error(directory, step, text, damaged=True) from e
 
 
 def read_meta(mgr: ocp.CheckpointManager, directory: str, step: int) -> dict:
     """The ``meta`` item, checked: written by lightcomp, a version this reads, its seal intact."""
-    meta, where = read_json(mgr, directory, step, "meta"), _where(directory, step)
+    meta = read_json(mgr, directory, step, "meta")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{where} was not written by lightcomp (or its metadata is damaged)",
-            directory,
-            step,
-            damaged=True,
-        )
+        text = " was not written by lightcomp (or its metadata is damaged)"
+        raise _error(directory, step, text, damaged=True)
     version = meta.get("version")
     if version not in READABLE_VERSIONS:
         newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise CheckpointError(
-            f"{where} has checkpoint format {version!r}; this lightcomp reads "
-            f"{list(READABLE_VERSIONS)}" + ("; upgrade lightcomp" if newer else ""),
-            directory,
-            step,
-            damaged=not newer,
-        )
-    if version >= 2 and meta.get("seal") != seal(meta):
-        raise CheckpointError(
-            f"{where}: its metadata is damaged (the 'meta' item does not match its digest)",
-            directory,
-            step,
-            damaged=True,
-        )
+        text = f" has checkpoint format {version!r}; this lightcomp reads {list(READABLE_VERSIONS)}"
+        text += "; upgrade lightcomp" if newer else ""
+        raise _error(directory, step, text, damaged=not newer)
+    if (version >= 2 and meta.get("seal") != seal(meta)) or not _well_formed(meta):
+        text = ": its metadata is damaged (the 'meta' item fails its digest or its form)"
+        raise _error(directory, step, text, damaged=True)
     return meta
+
+
+def _well_formed(meta: dict) -> bool:
+    """The fields a restore reads have their types (0.1.0's metadata has no seal)."""
+    leaves = meta.get("leaves")
+    return (
+        isinstance(leaves, list)
+        and all(isinstance(d, dict) and {"path", "shape", "dtype"} <= set(d) for d in leaves)
+        and all(isinstance(meta.get(k, {}), dict) for k in ("keys", "digests", "fingerprints"))
+    )
 
 
 def read_config(mgr: ocp.CheckpointManager, directory: str, step: int) -> dict:
     """The ``config`` item, compared with the digest the metadata holds of it."""
     meta = read_meta(mgr, directory, step)
     config = read_json(mgr, directory, step, "config")
-    if "config_seal" in meta and (
-        not isinstance(config, dict) or seal(config) != meta["config_seal"]
-    ):
-        raise CheckpointError(
-            f"{_where(directory, step)}: its 'config' item is damaged (it does not match "
-            "its digest)",
-            directory,
-            step,
-            damaged=True,
-        )
+    want = meta.get("config_seal")
+    if want is not None and (not isinstance(config, dict) or seal(config) != want):
+        text = ": its 'config' item is damaged (it does not match its digest)"
+        raise _error(directory, step, text, damaged=True)
     return config
 
 
 def _check_target(meta: dict, target: PyTree, directory: str, step: int) -> None:
     """The configuration, then the tree: a mismatch is a `CheckpointError` (not damaged)."""
-    where = _where(directory, step)
     saved, wanted = meta.get("fingerprints"), fingerprints(target)
     for common_only in (True, False):  # a configuration that differs is named first
         differs = (
             None if saved is None else fingerprint_mismatch(saved, wanted, common_only=common_only)
         )
         if differs is not None:
-            raise CheckpointError(
-                f"{where} was saved under another compression configuration than the "
-                f"target's{differs}; build the target with the transform that was saved",
+            raise _error(
                 directory,
                 step,
+                " was saved under another compression configuration than the target's"
+                f"{differs}; build the target with the transform that was saved",
             )
         differs = mismatch(meta, target) if common_only else None
         if differs is not None:
-            raise CheckpointError(f"{where} does not match the target{differs}", directory, step)
+            raise _error(directory, step, f" does not match the target{differs}")
 
 
 def _named_leaf(message: str, paths: list[str]) -> str | None:
@@ -148,14 +139,8 @@ def _read_arrays(mgr, directory: str, step: int, item, paths: list[str]) -> PyTr
         log.debug("orbax could not read %s", _where(directory, step), exc_info=True)
         leaf = _named_leaf(str(e), paths)
         at = f" at leaf {leaf!r}" if leaf else ""
-        raise CheckpointError(
-            f"{_where(directory, step)} could not be read{at} (damaged or truncated file?): "
-            f"{_first_line(e)}",
-            directory,
-            step,
-            leaf=leaf,
-            damaged=True,
-        ) from e
+        text = f" could not be read{at} (damaged or truncated file?): {_first_line(e)}"
+        raise _error(directory, step, text, leaf=leaf, damaged=True) from e
 
 
 def restore_step(
@@ -174,7 +159,7 @@ def restore_step(
     else:
         _check_target(meta, target, directory, step)
         item = ocp.args.StandardRestore(abstract(encode(target)))
-    paths = [d["path"] for d in meta.get("leaves", []) if isinstance(d, dict)]
+    paths = [d["path"] for d in meta["leaves"]]
     restored = _read_arrays(mgr, directory, step, item, paths)
     where = _where(directory, step)
     if "digests" not in meta:
@@ -184,12 +169,6 @@ def restore_step(
     else:
         bad = first_damaged(restored, meta["digests"])
         if bad is not None:
-            raise CheckpointError(
-                f"{where}: leaf {bad!r} does not match the digest saved with it (its array "
-                "data are damaged)",
-                directory,
-                step,
-                leaf=bad,
-                damaged=True,
-            )
+            text = f": leaf {bad!r} does not match the digest saved with it (its data are damaged)"
+            raise _error(directory, step, text, leaf=bad, damaged=True)
     return restored if target is None else decode(restored, target)

@@ -128,15 +128,9 @@ def _open_regular(path: Path) -> BinaryIO:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = (
-                "a directory"
-                if stat.S_ISDIR(mode)
-                else "a FIFO"
-                if stat.S_ISFIFO(mode)
-                else "a device"
-                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "not a regular file"
-            )
+            kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                     (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))  # fmt: skip
+            kind = next((k for test, k in kinds if test(mode)), "not a regular file")
             raise ValueError(f"{path}: is {kind}, not a lightcomp packed model file")
         return os.fdopen(fd, "rb")
     except BaseException:
