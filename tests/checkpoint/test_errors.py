@@ -54,10 +54,11 @@ def test_only_the_stray_callbacks_are_absorbed(caplog):
     assert seen == [other]
     assert "event loop closed" in caplog.records[0].getMessage()
     previous = sys.unraisablehook
+    sys.unraisablehook = seen.append  # whatever hook was there before
     try:
         absorb_stray_callbacks()
         absorb_stray_callbacks()  # once
         assert isinstance(sys.unraisablehook, _Absorb)
-        assert sys.unraisablehook.previous is previous
+        assert sys.unraisablehook.previous == seen.append
     finally:
         sys.unraisablehook = previous
