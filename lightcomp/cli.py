@@ -98,7 +98,7 @@ def _demo(args, console) -> int:
     )
     try:
         demo.check_config(cfg)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise _UsageError(str(e)) from None
     import jax
 
@@ -106,6 +106,7 @@ def _demo(args, console) -> int:
         raise _UsageError(
             f"--devices {cfg.devices}: only {jax.local_device_count()} device(s) available"
         )
+
     def show(row):
         if cfg.progress:
             console.print(

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lightcomp._checks import check_bool, check_int, check_number
+
 __all__ = ["Digits", "batches", "load_digits"]
 
 
@@ -36,9 +38,15 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0, image: bool = Fals
 
     Returns:
       `Digits` with float32 inputs in [0, 1] and int32 labels.
+
+    Raises:
+      ValueError: ``test_fraction`` is not in (0, 1) or ``seed`` not in [0, 2**32 - 1].
+      TypeError: ``test_fraction`` is not a number, ``seed`` not an int, ``image`` not
+        a bool.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    check_number(test_fraction, "test_fraction", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    check_int(seed, "seed", lo=0, hi=2**32 - 1)  # scikit-learn's range for a seed
+    check_bool(image, "image")
     from sklearn.datasets import load_digits as _sk_load_digits
     from sklearn.model_selection import train_test_split
 
@@ -60,14 +68,45 @@ def batches(
     """Yields shuffled batches ``{"inputs": [b, ...], "labels": [b]}`` forever, epoch after epoch.
 
     Each epoch reshuffles with a generator seeded by ``seed``; with ``drop_last``
-    every batch has exactly ``batch_size`` rows, so a jitted step compiles once.
+    every batch has exactly ``batch_size`` rows, so a jitted step compiles once. The
+    arguments are checked here, when `batches` is called, not at the first batch.
+
+    Args:
+      x: inputs ``[n, ...]``.
+      y: labels ``[n]``.
+      batch_size: rows per batch (>= 1; at most ``n`` with ``drop_last``).
+      seed: the shuffling's seed (>= 0).
+      drop_last: drop each epoch's last, incomplete batch.
+
+    Returns:
+      An endless iterator of batches.
+
+    Raises:
+      ValueError: ``x`` and ``y`` differ in length or are empty (there would be no
+        batch, ever), ``batch_size`` is below 1, or larger than ``n`` with ``drop_last``.
+      TypeError: ``batch_size`` or ``seed`` is not an int, ``drop_last`` not a bool,
+        ``x`` or ``y`` not an array.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if len(x) != len(y):
-        raise ValueError(f"x and y differ in length: {len(x)} != {len(y)}")
-    if drop_last and batch_size > len(x):
-        raise ValueError(f"batch_size {batch_size} is larger than the {len(x)} examples")
+    batch_size = check_int(batch_size, "batch_size", lo=1)
+    seed = check_int(seed, "seed", lo=0)
+    drop_last = check_bool(drop_last, "drop_last")
+    for name, a in (("x", x), ("y", y)):
+        if np.ndim(a) == 0:
+            raise TypeError(f"{name} must be an array with one row per example, got {a!r}")
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"x and y differ in length: {n} != {len(y)}")
+    if n == 0:
+        raise ValueError("x and y are empty: there is no example to make a batch of")
+    if drop_last and batch_size > n:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the {n} examples (with drop_last=True "
+            "no batch is ever full; use drop_last=False or a smaller batch_size)"
+        )
+    return _epochs(x, y, batch_size, seed, drop_last)
+
+
+def _epochs(x, y, batch_size: int, seed: int, drop_last: bool) -> Iterator[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     n = len(x)
     while True:

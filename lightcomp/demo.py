@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import optax
 
-from lightcomp import data, export, models, parallel, prune, train, transform, tree
+from lightcomp import _checks, data, export, models, parallel, prune, train, transform, tree
 
 __all__ = ["DemoConfig", "Stage", "check_config", "markdown_table", "result_table", "run", "stages"]
 
@@ -74,29 +74,46 @@ class DemoConfig:
 
 
 def check_config(cfg: DemoConfig) -> None:
-    """Raises ValueError naming the first bad option of ``cfg`` (before any work is done)."""
-    if not 0.0 <= cfg.sparsity < 1.0:
-        raise ValueError(f"--sparsity must be in [0, 1), got {cfg.sparsity}")
-    if not 2 <= cfg.bits <= 16:
-        raise ValueError(f"--bits must be an integer in 2..16, got {cfg.bits}")
-    if not 2 <= cfg.clusters <= 256:
-        raise ValueError(f"--clusters must be an integer in 2..256, got {cfg.clusters}")
-    if cfg.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {cfg.steps}")
-    if cfg.devices < 1:
-        raise ValueError(f"--devices must be >= 1, got {cfg.devices}")
+    """Checks every option of ``cfg`` before any work is done.
+
+    Raises:
+      ValueError: an option is out of range, ``devices`` does not divide the batch
+        size, or ``out`` is not a writable file path; the message names the option
+        (``--sparsity``, ``--seed``, ...).
+      TypeError: an option has the wrong type (a bool where an int is expected, too).
+    """
+    if not isinstance(cfg, DemoConfig):
+        raise TypeError(f"cfg must be a DemoConfig, got {type(cfg).__name__}")
+    _checks.check_number(cfg.sparsity, "--sparsity", lo=0.0, hi=1.0, hi_open=True)
+    _checks.check_int(cfg.bits, "--bits", lo=2, hi=16)
+    _checks.check_int(cfg.clusters, "--clusters", lo=2, hi=256)
+    _checks.check_int(cfg.steps, "--steps", lo=1)
+    _checks.check_int(cfg.seed, "--seed", lo=0, hi=2**32 - 1)  # scikit-learn's seed range
+    _checks.check_int(cfg.devices, "--devices", lo=1)
+    _checks.check_int(cfg.batch_size, "batch_size", lo=1)
+    _checks.check_number(cfg.learning_rate, "learning_rate", lo=0.0, lo_open=True)
+    _checks.check_bool(cfg.progress, "progress")
+    for name, sizes in (("teacher", cfg.teacher), ("student", cfg.student or ())):
+        if not isinstance(sizes, (tuple, list)):
+            raise TypeError(f"{name} must be a tuple of hidden layer sizes, got {sizes!r}")
+        for h in sizes:
+            _checks.check_int(h, f"{name} hidden layer size", lo=1)
     if cfg.batch_size % cfg.devices:
         raise ValueError(f"--devices {cfg.devices} must divide the batch size {cfg.batch_size}")
-    if any(h < 1 for h in (*cfg.teacher, *(cfg.student or ()))):
-        raise ValueError("hidden layer sizes must be >= 1")
-    out = Path(cfg.out)
+    _check_out(cfg.out)
+
+
+def _check_out(out_arg: Any) -> None:
+    if not isinstance(out_arg, (str, os.PathLike)):
+        raise TypeError(f"--out must be a file path, got {type(out_arg).__name__}")
+    out = Path(out_arg)
     parent = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
-        raise ValueError(f"--out {cfg.out!r} is a directory")
+        raise ValueError(f"--out {str(out_arg)!r} is a directory")
     if not parent.is_dir():
-        raise ValueError(f"--out {cfg.out!r}: directory {str(parent)!r} does not exist")
+        raise ValueError(f"--out {str(out_arg)!r}: directory {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ValueError(f"--out {cfg.out!r} is not writable")
+        raise ValueError(f"--out {str(out_arg)!r} is not writable")
 
 
 @dataclasses.dataclass(frozen=True)

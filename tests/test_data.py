@@ -46,17 +46,42 @@ def test_batches_cover_each_epoch_once_and_reshuffle(digits):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [({"batch_size": 0}, "batch_size"), ({"batch_size": 11}, "larger")],
+    ("x", "y", "kwargs", "exc", "match"),
+    [
+        (np.zeros((10, 2)), np.zeros(10), {"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        (np.zeros((10, 2)), np.zeros(10), {"batch_size": 11}, ValueError, "larger than the 10"),
+        (np.zeros((10, 2)), np.zeros(10), {"batch_size": 2.0}, TypeError, "batch_size must be an int"),
+        (np.zeros((10, 2)), np.zeros(10), {"batch_size": True}, TypeError, "batch_size must be an int"),
+        (np.zeros((10, 2)), np.zeros(10), {"batch_size": 2, "seed": -1}, ValueError, "seed"),
+        (np.zeros((10, 2)), np.zeros(10), {"batch_size": 2, "drop_last": "no"}, TypeError, "drop_last"),
+        (np.zeros((10, 2)), np.zeros(5), {"batch_size": 2}, ValueError, "differ in length"),
+        (np.zeros((0, 2)), np.zeros(0), {"batch_size": 2}, ValueError, "empty"),
+        (np.zeros((0, 2)), np.zeros(0), {"batch_size": 2, "drop_last": False}, ValueError, "empty"),
+        (np.zeros((3, 2)), np.zeros(3), {"batch_size": 4}, ValueError, "drop_last=False"),
+        (np.float32(1), np.zeros(3), {"batch_size": 1}, TypeError, "x must be an array"),
+    ],
+)  # fmt: skip
+def test_batches_bad_input_refused_when_called(x, y, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        data.batches(x, y, **kwargs)  # at the call: not at the first next()
+
+
+def test_batches_larger_than_the_data_without_drop_last():
+    x, y = np.arange(3.0)[:, None], np.arange(3)
+    it = data.batches(x, y, 5, drop_last=False)
+    assert [len(next(it)["labels"]) for _ in range(3)] == [3, 3, 3]  # one short batch an epoch
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"test_fraction": 1.0}, ValueError, "test_fraction"),
+        ({"test_fraction": "0.2"}, TypeError, "test_fraction"),
+        ({"seed": -1}, ValueError, "seed must be in 0..4294967295"),
+        ({"seed": 1.5}, TypeError, "seed must be an int"),
+        ({"image": 1}, TypeError, "image must be True or False"),
+    ],
 )
-def test_batches_bad_input(kwargs, match):
-    x, y = np.zeros((10, 2), np.float32), np.zeros(10, np.int32)
-    with pytest.raises(ValueError, match=match):
-        next(data.batches(x, y, **kwargs))
-    with pytest.raises(ValueError, match="differ in length"):
-        next(data.batches(x, y[:5], 2))
-
-
-def test_bad_test_fraction():
-    with pytest.raises(ValueError, match="test_fraction"):
-        data.load_digits(test_fraction=1.0)
+def test_load_digits_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        data.load_digits(**kwargs)

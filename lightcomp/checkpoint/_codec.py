@@ -4,7 +4,8 @@ Array serialization has no key dtype, so typed PRNG keys (``jax.random.key``) ar
 stored as their ``uint32`` key data (``jax.random.key_data``) and rebuilt with
 ``jax.random.wrap_key_data`` and the recorded implementation. The ``meta`` item
 describes every leaf (its `lightcomp.tree.path_str` path, shape and dtype) and names
-the key leaves, so a restore into a mismatching tree can say which leaf differs.
+the key leaves, so a restore into a mismatching tree can say which leaf differs; the
+manager adds what a restore verifies (`lightcomp.checkpoint._digest`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from lightcomp import tree
 PyTree = Any
 
 FORMAT = "lightcomp-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: leaf digests, fingerprints and a seal (`lightcomp.checkpoint._digest`)
+READABLE_VERSIONS = (1, 2)  # 1: lightcomp 0.1.0, no digests (restored unverified)
 
 
 def is_key(x: Any) -> bool:

@@ -7,6 +7,11 @@ renames it when complete, so a process killed mid-save leaves the previous steps
 intact; a step counts only once orbax finalized it and all three items are present.
 Nothing here deletes a checkpoint, except a `Manager` with ``max_to_keep`` dropping old
 steps after a successful save.
+
+A restore verifies what it reads (`lightcomp.checkpoint._digest`): the metadata's seal,
+the compression configuration against the target's, the tree against the target, and
+every leaf's content digest; ``fallback=True`` goes back to the newest step that
+verifies and logs which one it restored.
 """
 
 from __future__ import annotations
@@ -22,25 +27,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lightcomp._checks import check_bool, check_int
-from lightcomp.checkpoint._codec import FORMAT, abstract, decode, describe, encode, mismatch
+from lightcomp.checkpoint._codec import describe, encode
+from lightcomp.checkpoint._digest import DIGEST, digests, fingerprints, seal
+from lightcomp.checkpoint._errors import CheckpointError, log, quiet_orbax
+from lightcomp.checkpoint._restore import read_config, restore_step
 
 PyTree = Any
 
 _ITEMS = ("state", "config", "meta")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete, damaged or does not match the target.
-
-    Attributes:
-      directory: the checkpoint directory.
-      step: the step concerned, or None when no step could be chosen.
-    """
-
-    def __init__(self, message: str, directory: str | os.PathLike, step: int | None):
-        super().__init__(message)
-        self.directory = os.fspath(directory)
-        self.step = step
 
 
 def _check_step(step: Any) -> int:
@@ -116,7 +110,8 @@ class Manager:
             save_interval_steps=1,
             enable_async_checkpointing=async_save,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options)
+        with quiet_orbax():
+            self._mgr = ocp.CheckpointManager(self.directory, options=options)
 
     def _error(self, message: str, step: int | None) -> CheckpointError:
         return CheckpointError(message, self.directory, step)
@@ -137,6 +132,9 @@ class Manager:
           config: this step's configuration instead of the manager's.
           force: save whatever ``step`` is.
 
+        Every leaf's digest is computed on the host here, before `save` returns (also
+        with ``async_save``: it costs one pass over the state's bytes).
+
         Returns:
           True when a save was started.
 
@@ -152,23 +150,42 @@ class Manager:
         return self._write(step, state, cfg, describe(state))
 
     def _write(self, step: int, state: PyTree, config: dict, meta: dict) -> bool:
-        """Saves checked arguments (``meta = describe(state)``) as a new step."""
-        if step in self._mgr.all_steps():
+        """Saves checked arguments (``meta = describe(state)``) as a new step.
+
+        The metadata gains what a restore verifies: each leaf's digest (computed here,
+        on the host, before orbax writes anything), the compression states'
+        fingerprints, the config's digest, and its own seal.
+        """
+        with quiet_orbax():
+            exists = step in self._mgr.all_steps()
+        if exists:
             raise self._error(
                 f"checkpoint {self.directory!r} already holds step {step}; refusing to overwrite it",
                 step,
             )
+        encoded = encode(state)
+        meta = {
+            **meta,
+            "digest": DIGEST,
+            "digests": digests(encoded),
+            "fingerprints": fingerprints(state),
+            "config_seal": seal(config),
+        }
+        meta["seal"] = seal(meta)
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(encode(state)),
+            state=ocp.args.StandardSave(encoded),
             config=ocp.args.JsonSave(config),
             meta=ocp.args.JsonSave(meta),
         )
-        return bool(self._mgr.save(step, args=args, force=True))
+        with quiet_orbax():
+            return bool(self._mgr.save(step, args=args, force=True))
 
     def steps(self) -> list[int]:
         """The complete steps, ascending."""
-        self._mgr.reload()
-        return [s for s in self._mgr.all_steps() if _complete(self.directory, s)]
+        with quiet_orbax():
+            self._mgr.reload()
+            found = self._mgr.all_steps()
+        return [s for s in found if _complete(self.directory, s)]
 
     def latest_step(self) -> int | None:
         """The newest complete step, or None."""
@@ -192,22 +209,29 @@ class Manager:
             )
         return step
 
-    def _read_json(self, step: int, item: str) -> Any:
-        try:
-            r = self._mgr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
-            return r[item]
-        except Exception as e:
-            raise self._error(
-                f"checkpoint {self.directory!r} step {step}: cannot read {item!r}: {e}", step
-            ) from e
-
     def restore_config(self, step: int | None = None) -> dict[str, Any]:
-        """The static configuration saved with ``step`` (latest when None)."""
-        step = self._pick(step)
-        return self._read_json(step, "config")
+        """The static configuration saved with ``step`` (latest when None), verified.
 
-    def restore(self, target: PyTree | None = None, step: int | None = None) -> PyTree:
-        """Restores ``step`` (latest complete one when None).
+        Raises:
+          CheckpointError: no such complete step, or its ``config`` item is damaged.
+        """
+        return read_config(self._mgr, self.directory, self._pick(step))
+
+    def restore(
+        self,
+        target: PyTree | None = None,
+        step: int | None = None,
+        *,
+        fallback: bool = False,
+        return_step: bool = False,
+    ) -> PyTree:
+        """Restores ``step`` (latest complete one when None), verifying what it reads.
+
+        Before any array is read, the step's metadata is checked against its seal, and
+        the target against the saved compression configuration (the fingerprints of
+        the transforms' states) and the saved tree; after, every leaf against the
+        content digest saved with it. A checkpoint written by lightcomp 0.1.0 has no
+        digests: it is restored unverified, with a warning logged.
 
         Args:
           target: a state of the same structure (e.g. a fresh ``init_state(...)``): the
@@ -215,41 +239,59 @@ class Manager:
             mesh-sharded state comes back onto the current devices. With None the raw
             tree is returned as stored (nested dicts and lists; keys as uint32 data).
           step: which step.
+          fallback: when the step is damaged (unreadable, or a leaf's digest differs),
+            try the next older complete step, and so on; the step restored is logged
+            (a WARNING on the ``lightcomp.checkpoint`` logger naming the steps skipped
+            and why) and returned with ``return_step``. A target that does not match is
+            never a reason to fall back.
+          return_step: return ``(state, step restored)`` instead of the state.
 
         Raises:
-          CheckpointError: no complete step, the tree does not match ``target`` (names
-            the leaf), or a damaged file; the message names directory and step.
+          CheckpointError: no complete step, the tree or the compression configuration
+            does not match ``target`` (naming the leaf, or both configurations), or the
+            step is damaged (naming the leaf whose digest differs); with ``fallback``,
+            when no step verifies. The message names directory and step.
+          TypeError: ``fallback`` or ``return_step`` is not a bool.
         """
-        step = self._pick(step)
-        meta = self._read_json(step, "meta")
-        where = f"checkpoint {self.directory!r} step {step}"
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise self._error(f"{where} was not written by lightcomp", step)
-        if target is None:
-            item = ocp.args.StandardRestore()
-        else:
-            differs = mismatch(meta, target)
-            if differs is not None:
-                raise self._error(f"{where} does not match the target{differs}", step)
-            item = ocp.args.StandardRestore(abstract(encode(target)))
-        try:
-            restored = self._mgr.restore(step, args=ocp.args.Composite(state=item))["state"]
-            restored = jax.block_until_ready(restored)
-        except Exception as e:
-            raise self._error(
-                f"{where} could not be read (damaged or truncated file?): {type(e).__name__}: {e}",
-                step,
-            ) from e
-        return restored if target is None else decode(restored, target)
+        fallback = check_bool(fallback, "fallback")
+        return_step = check_bool(return_step, "return_step")
+        first = self._pick(step)
+        candidates = [s for s in reversed(self.steps()) if s <= first] if fallback else [first]
+        skipped: list[CheckpointError] = []
+        for s in candidates:
+            try:
+                state = restore_step(self._mgr, self.directory, s, target)
+            except CheckpointError as e:
+                if not (fallback and e.damaged):
+                    raise
+                skipped.append(e)
+                continue
+            if skipped:
+                log.warning(
+                    "checkpoint %r: restored step %d; skipped %s",
+                    self.directory,
+                    s,
+                    "; ".join(str(e) for e in skipped),
+                )
+            return (state, s) if return_step else state
+        raise CheckpointError(
+            f"no step of checkpoint {self.directory!r} up to step {first} verifies: "
+            + "; ".join(str(e) for e in skipped),
+            self.directory,
+            first,
+            damaged=True,
+        )
 
     def wait(self) -> None:
         """Blocks until an asynchronous save is on disk."""
-        self._mgr.wait_until_finished()
+        with quiet_orbax():
+            self._mgr.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases orbax's resources."""
-        self._mgr.wait_until_finished()
-        self._mgr.close()
+        with quiet_orbax():
+            self._mgr.wait_until_finished()
+            self._mgr.close()
 
     def __enter__(self) -> Manager:
         return self
@@ -283,16 +325,25 @@ def save(
 
 
 def restore(
-    directory: str | os.PathLike, target: PyTree | None = None, step: int | None = None
+    directory: str | os.PathLike,
+    target: PyTree | None = None,
+    step: int | None = None,
+    *,
+    fallback: bool = False,
+    return_step: bool = False,
 ) -> PyTree:
-    """Restores a state saved by `save` or a `Manager` (see `Manager.restore`).
+    """Restores a state saved by `save` or a `Manager`, verified (see `Manager.restore`).
+
+    Example:
+      ``state, step = restore("ckpt", target, fallback=True, return_step=True)`` restores
+      the newest step whose every leaf matches its saved digest.
 
     Raises:
       CheckpointError: ``directory`` does not exist, or as `Manager.restore`.
     """
     _require_dir(directory, step)
     with Manager(directory, max_to_keep=None) as m:
-        return m.restore(target, step)
+        return m.restore(target, step, fallback=fallback, return_step=return_step)
 
 
 def restore_config(directory: str | os.PathLike, step: int | None = None) -> dict[str, Any]:

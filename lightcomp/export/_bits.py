@@ -30,20 +30,33 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
 def unpack_bits(data: bytes, width: int, n: int) -> np.ndarray:
     """Inverse of `pack_bits`: ``n`` integers of ``width`` bits.
 
+    The length is checked before anything is allocated; the fields are regrouped into
+    whole big-endian bytes (``width`` rounded up to 8, 16 or 32 bits), so the work
+    space is about ``n * (width + 12)`` bytes.
+
     Args:
       data: exactly ``ceil(n * width / 8)`` bytes.
-      width: bits per value.
-      n: how many values.
+      width: bits per value, 0..32.
+      n: how many values (>= 0).
 
     Returns:
       int64 ``[n]``.
 
     Raises:
-      ValueError: ``data`` has another length (a corrupted stream).
+      ValueError: ``width`` or ``n`` is out of range, or ``data`` has another length
+        (a corrupted stream).
     """
+    if not 0 <= width <= 32 or n < 0:
+        raise ValueError(f"corrupted packed data: {n} values of {width} bits")
     if width == 0 or n == 0:
+        if data:
+            raise ValueError(f"corrupted packed data: {len(data)} bytes for {n} x {width} bits")
         return np.zeros(n, np.int64)
     if len(data) != math.ceil(n * width / 8):
         raise ValueError(f"corrupted packed data: {len(data)} bytes for {n} x {width} bits")
     bits = np.unpackbits(np.frombuffer(data, np.uint8), count=n * width).reshape(n, width)
-    return bits.astype(np.int64) @ (np.int64(1) << np.arange(width - 1, -1, -1, dtype=np.int64))
+    nbytes = {1: 1, 2: 2, 3: 4, 4: 4}[math.ceil(width / 8)]
+    if width < 8 * nbytes:  # left-pad each field to whole bytes
+        bits = np.concatenate([np.zeros((n, 8 * nbytes - width), np.uint8), bits], axis=1)
+    fields = np.packbits(bits, axis=1)  # [n, nbytes], big-endian
+    return fields.view(f">u{nbytes}").reshape(n).astype(np.int64)

@@ -16,6 +16,10 @@ File format, version 1 (all integers little-endian)::
 Each manifest leaf holds ``path`` (a `lightcomp.tree.path_str` path), ``shape``,
 ``dtype``, ``kind`` (``"jax"`` or ``"numpy"``), ``enc`` (the nested encoding
 description), ``parts`` (``[offset, length]`` pairs into the payload) and ``nbytes``.
+
+A file is untrusted input: `lightcomp.export.load` checks the header before reading
+the body, and every declared size against the hard limits below and against the bytes
+that back it before anything is allocated (`lightcomp.export._manifest`).
 """
 
 from __future__ import annotations
@@ -31,22 +35,44 @@ MAGIC = b"\x89LCPACK\n"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sHHIQQ32s")  # 64 bytes
 FLAG_ZLIB_MANIFEST = 1
+KNOWN_FLAGS = FLAG_ZLIB_MANIFEST
+
+# Hard limits on what a file may declare (far above any real model).
+MAX_MANIFEST_BYTES = 256 << 20  # the manifest as stored, and as decompressed JSON
+MANIFEST_RATIO = 32  # a zlib'd manifest inflates at most this much (plus 1 MiB); JSON: 3-10x
+MAX_LEAVES = 1 << 20
+MAX_NDIM = 32
+MAX_ELEMENTS = 1 << 36  # per leaf
+MAX_DEPTH = 64  # nesting of the tree structure
+MAX_WIDTH = 32  # bits of one fixed-width integer
+
+_NUMPY_DTYPES = "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64"
+_ML_DTYPES = (
+    "bfloat16 float8_e3m4 float8_e4m3 float8_e4m3b11fnuz float8_e4m3fn float8_e4m3fnuz "
+    "float8_e5m2 float8_e5m2fnuz float8_e8m0fnu float6_e2m3fn float6_e3m2fn float4_e2m1fn "
+    "int1 int2 int4 uint1 uint2 uint4"
+)
+# The dtypes a leaf may have (numeric only: never "object", strings or structured dtypes).
+DTYPES = {
+    **{n: np.dtype(n) for n in (*_NUMPY_DTYPES.split(), "complex64", "complex128")},
+    **{n: np.dtype(getattr(ml_dtypes, n)) for n in _ML_DTYPES.split() if hasattr(ml_dtypes, n)},
+}
 
 FLOATS = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
 def dtype_named(name: str) -> np.dtype:
-    """The NumPy dtype a manifest names (``"bfloat16"`` and other ml_dtypes included).
+    """The NumPy dtype a manifest names, from the whitelist `DTYPES`.
+
+    Booleans, integers, floats (``"bfloat16"`` and the other ml_dtypes included) and
+    complex numbers; never ``"object"``, strings or structured dtypes.
 
     Raises:
-      ValueError: the name is not a dtype.
+      ValueError: the name is not a whitelisted dtype.
     """
-    if name in FLOATS:
-        return np.dtype(FLOATS[name])
-    try:
-        return np.dtype(getattr(ml_dtypes, name, name))
-    except TypeError as e:
-        raise ValueError(f"unknown dtype {name!r} in the manifest") from e
+    if not isinstance(name, str) or name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r} in the manifest (not a numeric dtype)")
+    return DTYPES[name]
 
 
 def is_float(dt: np.dtype) -> bool:

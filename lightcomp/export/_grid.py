@@ -46,6 +46,32 @@ def group_ids(idx: np.ndarray, shape: tuple[int, ...], gran: dict) -> tuple[np.n
     return gid * shape[gran["axis"]] + coord(gran["axis"]), ngroups * shape[gran["axis"]]
 
 
+def grid_groups(shape: tuple[int, ...], gran: dict) -> int:
+    """The number of groups (scales) of a granularity spec, checked against ``shape``.
+
+    Raises:
+      ValueError: the spec is not one `granularities` writes for ``shape`` (an axis out
+        of range, a group size that does not divide its axis).
+    """
+    nd, kind = len(shape), gran["kind"]
+
+    def ok_axis(a):
+        return type(a) is int and 0 <= a < nd
+
+    if kind == "tensor":
+        return 1
+    if kind == "axis" and ok_axis(gran["axis"]):
+        return shape[gran["axis"]]
+    if kind == "group":
+        ga, size, a = gran["gaxis"], gran["size"], gran.get("axis")
+        if ok_axis(ga) and type(size) is int and size >= 1 and shape[ga] % size == 0:
+            if a is None:
+                return shape[ga] // size
+            if ok_axis(a):
+                return shape[ga] // size * shape[a]
+    raise ValueError(f"corrupted grid granularity {gran!r} for shape {list(shape)}")
+
+
 def granularities(shape: tuple[int, ...]) -> list[dict]:
     """The granularities tried for a leaf ``shape``, coarsest first.
 
@@ -249,19 +275,31 @@ def _zero_point_candidate(base, n, scale, gid, ngroups, entropy) -> Candidate:
     return spec, [scale.tobytes(), *z_parts, *i_parts]
 
 
-def decode_grid(spec: dict, idx: np.ndarray, shape, dt: np.dtype, parts) -> np.ndarray:
+def decode_grid(spec: dict, idx: np.ndarray | None, shape, dt: np.dtype, parts) -> np.ndarray:
     """The values ``[m]`` (dtype ``dt``) a `grid_candidates` spec describes.
 
+    Args:
+      spec: the values' spec.
+      idx: the flat positions of the values, or None for all ``prod(shape)`` of them.
+      shape: the leaf's shape.
+      dt: the leaf's dtype.
+      parts: the leaf's parts.
+
     Raises:
-      ValueError: scales, integers or zero points do not match the leaf (corrupted).
+      ValueError: scales, integers or zero points do not match the leaf (corrupted); the
+        counts are checked before the integers are decoded.
     """
-    gid, ngroups = group_ids(idx, shape, spec["g"])
+    m = int(np.prod(shape, dtype=np.int64)) if idx is None else idx.size
+    ngroups = grid_groups(tuple(shape), spec["g"])
     if ngroups != spec["G"] or len(parts[spec["sp"]]) != 4 * ngroups:
         raise ValueError("corrupted grid scales")
+    if spec["s"]["n"] != m or ("z" in spec and spec["z"]["n"] != ngroups):
+        raise ValueError("corrupted grid integers")
     scale = np.frombuffer(parts[spec["sp"]], np.float32)
     n = decode_ints(spec["s"], parts)
-    if n.size != idx.size:
+    if n.size != m:
         raise ValueError("corrupted grid integers")
+    gid, _ = group_ids(np.arange(m) if idx is None else idx, shape, spec["g"])
     if "z" in spec:
         zp = decode_ints(spec["z"], parts) + spec["zoff"]
         if zp.size != ngroups:

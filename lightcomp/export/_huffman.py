@@ -115,7 +115,9 @@ def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.n
 
     No Python loop over the symbols: a table look-up at every bit position gives the
     symbol and code length starting there; the chain of code starts from bit 0 is then
-    followed by pointer doubling.
+    followed by pointer doubling. The declared sizes are checked before anything is
+    allocated (every code word takes at least one bit, so ``n <= nbits``); the work
+    space is about 14 bytes per bit of the stream.
 
     Args:
       data: the stream's bytes.
@@ -129,31 +131,48 @@ def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.n
     Raises:
       ValueError: the stream or the code lengths are corrupted.
     """
-    if len(data) != math.ceil(nbits / 8) or lengths.max(initial=0) > MAX_CODE_LEN:
+    if (
+        n < 0
+        or nbits < 0
+        or len(data) != math.ceil(nbits / 8)
+        or n > nbits
+        or lengths.max(initial=0) > MAX_CODE_LEN
+        or lengths.min(initial=0) < 0
+        or (n and not lengths.any())
+    ):
         raise ValueError("corrupted Huffman stream")
-    width, tab_sym, tab_len = _lookup_tables(lengths, nbits)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    itype = np.int32 if 2 * nbits + 2 < 2**31 else np.int64
+    width, tab_sym, tab_len = _lookup_tables(lengths, nbits, itype)
     bits = np.concatenate(
         [np.unpackbits(np.frombuffer(data, np.uint8), count=nbits), np.zeros(width, np.uint8)]
-    ).astype(np.int64)
-    window = np.zeros(nbits, np.int64)
+    )
+    window = np.zeros(nbits, np.int32)  # the `width` bits from each position (width <= 20)
     for j in range(width):
-        window = (window << 1) | bits[j : j + nbits]
-    jump = np.minimum(np.arange(nbits) + tab_len[window], nbits)
-    jump = np.append(jump, nbits)
-    pos = np.zeros(1, np.int64)
+        window <<= 1
+        window |= bits[j : j + nbits]
+    del bits
+    jump = np.arange(nbits, dtype=itype)
+    jump += tab_len[window]
+    jump = np.append(np.minimum(jump, nbits, out=jump), itype(nbits))
+    pos = np.zeros(1, itype)
     while len(pos) < n:
         pos = np.concatenate([pos, jump[pos]])
         jump = jump[jump]
     pos = pos[:n]
-    if n and (pos.max() >= nbits or int(tab_len[window[pos]].sum()) != nbits):
+    if pos.max() >= nbits or int(tab_len[window[pos]].sum(dtype=np.int64)) != nbits:
         raise ValueError("corrupted Huffman stream")
     return tab_sym[window[pos]]
 
 
-def _lookup_tables(lengths: np.ndarray, nbits: int) -> tuple[int, np.ndarray, np.ndarray]:
+def _lookup_tables(lengths: np.ndarray, nbits: int, itype=np.int64):
     """Window width, and the symbol and code length for every window of that many bits.
 
     Windows that start no valid code get the length ``nbits + 1`` (they jump past the end).
+
+    Returns:
+      ``(width, tab_sym, tab_len)``: int64 symbols and ``itype`` lengths, ``[2**width]``.
     """
     codes = canonical_codes(lengths)
     width = int(lengths.max())
@@ -162,7 +181,7 @@ def _lookup_tables(lengths: np.ndarray, nbits: int) -> tuple[int, np.ndarray, np
     if int(span.sum()) > (1 << width):
         raise ValueError("corrupted Huffman code lengths")
     tab_sym = np.zeros(1 << width, np.int64)
-    tab_len = np.full(1 << width, nbits + 1, np.int64)
+    tab_len = np.full(1 << width, nbits + 1, itype)
     starts = codes[used] << (width - lengths[used])
     idx = np.repeat(starts, span) + (
         np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)

@@ -84,13 +84,20 @@ def encode_leaf(x: np.ndarray, entropy: bool) -> tuple[dict, list[bytes]]:
 def decode_leaf(enc: dict, shape: tuple[int, ...], dt: np.dtype, parts: list[bytes]) -> np.ndarray:
     """The leaf ``[*shape]`` of dtype ``dt`` that an `encode_leaf` spec and its parts describe.
 
+    The positions and values are decoded (each checking its declared counts first)
+    before the leaf itself is allocated; a dense leaf is its values, without a zero fill.
+
     Raises:
       ValueError: the parts do not decode (a corrupted file).
     """
     size = math.prod(shape)
-    idx = np.arange(size) if enc["pos"] is None else decode_positions(enc["pos"], size, parts)
-    out = np.zeros(size, dt)
-    out[idx] = decode_values(enc["val"], idx, shape, dt, parts)
+    idx = None if enc["pos"] is None else decode_positions(enc["pos"], size, parts)
+    values = decode_values(enc["val"], idx, shape, dt, parts)
+    if idx is None:
+        out = np.array(values, dt, copy=True)  # writable, not a view of the payload
+    else:
+        out = np.zeros(size, dt)
+        out[idx] = values
     if enc.get("negz") is not None:
         neg = decode_positions(enc["negz"], size, parts)
         bits_of(out)[neg] = _sign_bit(dt)

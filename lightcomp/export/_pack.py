@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lightcomp import tree
-from lightcomp._checks import check_bool, check_callable, with_path
+from lightcomp._checks import check_bool, check_callable
 from lightcomp.export._format import HEADER, dtype_named, manifest_bytes
 from lightcomp.export._leaf import decode_leaf, encode_leaf
+from lightcomp.export._manifest import check_manifest
 from lightcomp.export._structure import rebuild, skeleton
 
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, int, float, bool)
@@ -164,6 +165,11 @@ def pack(
 def unpack(packed: Packed, like: Any = None) -> Any:
     """Decodes a `Packed` back into parameters, bit for bit.
 
+    The manifest is checked first (`lightcomp.export._manifest`: every declared size,
+    count, shape, dtype and index against hard limits and the payload), so a crafted
+    one is refused before anything is allocated; any failure while decoding a leaf is
+    a ValueError naming it.
+
     Args:
       packed: from `pack` or `load`.
       like: optional template pytree; the result then takes its exact tree type (for
@@ -177,40 +183,45 @@ def unpack(packed: Packed, like: Any = None) -> Any:
 
     Raises:
       TypeError: ``packed`` is not a `Packed`.
-      ValueError: the packed data are inconsistent, or ``like`` has other leaf paths.
+      ValueError: the packed data are inconsistent (naming the leaf), or ``like`` has
+        other leaf paths.
     """
     if not isinstance(packed, Packed):
         raise TypeError(
             f"unpack: packed must be a lightcomp.export.Packed, got {type(packed).__name__}"
         )
-    try:
-        metas = packed.manifest["leaves"]
-        want = [m["path"] for m in metas]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"corrupted manifest: {e!r}") from e
+    if not isinstance(packed.payload, bytes):
+        raise TypeError(
+            f"unpack: packed.payload must be bytes, got {type(packed.payload).__name__}"
+        )
+    check_manifest(packed.manifest, len(packed.payload))
+    metas = packed.manifest["leaves"]
     if like is not None:
         key_paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-        _check_like_paths(want, [p for p, _ in key_paths])
+        _check_like_paths([m["path"] for m in metas], [p for p, _ in key_paths])
+    payload = memoryview(packed.payload)
+    leaves = [_decode(meta, payload) for meta in metas]
+    if like is not None:
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+    return rebuild(packed.manifest["structure"], leaves)
+
+
+def _decode(meta: dict, payload: memoryview) -> Any:
+    """One checked manifest leaf, decoded from the payload (a jax array when it was one).
+
+    Raises:
+      ValueError: ``leaf '<path>': ...`` whatever went wrong: a decoder's own error, or
+        any other exception a crafted file could provoke (overflow, a zero division).
+    """
+    parts = [payload[o : o + n] for o, n in meta["parts"]]
     try:
-        leaves = [_decode(meta, packed.payload) for meta in metas]
-        if like is not None:
-            return jax.tree_util.tree_unflatten(treedef, leaves)
-        return rebuild(packed.manifest["structure"], leaves)
-    except (KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"corrupted manifest: {e!r}") from e
-
-
-def _decode(meta: dict, payload: bytes) -> Any:
-    """One manifest leaf, decoded from the payload (a jax array when it was one)."""
-    spans = meta["parts"]
-
-    def decode():
-        if any(o < 0 or n < 0 or o + n > len(payload) for o, n in spans):
-            raise ValueError("part outside the payload")
-        parts = [payload[o : o + n] for o, n in spans]
-        return decode_leaf(meta["enc"], tuple(meta["shape"]), dtype_named(meta["dtype"]), parts)
-
-    x = with_path(meta["path"], decode)
+        x = decode_leaf(meta["enc"], tuple(meta["shape"]), dtype_named(meta["dtype"]), parts)
+    except ValueError as e:
+        raise ValueError(f"leaf {meta['path']!r}: {e}") from e
+    except Exception as e:  # a crafted file gets a ValueError, never another exception
+        raise ValueError(
+            f"leaf {meta['path']!r}: corrupted packed data ({type(e).__name__}: {e})"
+        ) from e
     if meta["kind"] == "jax" and jnp.asarray(x).dtype == x.dtype:
         x = jnp.asarray(x)
     return x

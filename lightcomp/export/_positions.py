@@ -63,18 +63,28 @@ def encode_positions(idx: np.ndarray, n: int, parts: list[bytes], entropy: bool)
 def decode_positions(spec: dict, n: int, parts: list[bytes]) -> np.ndarray:
     """The sorted flat indices an `encode_positions` spec describes, as int64 ``[m]``.
 
+    The declared counts are checked against ``n`` before the stream is decoded: a
+    bitmask has ``n`` entries; relative indices have ``m <= n`` elements and at most
+    ``(n - m) // (2**b - 1)`` skip symbols besides them.
+
     Raises:
       ValueError: the stream is corrupted (wrong count, an index outside ``[0, n)``).
     """
-    sym = decode_ints(spec["s"], parts)
     if spec["pos"] == "mask":
-        if sym.size != n:
+        if spec["s"]["n"] != n:
+            raise ValueError(f"corrupted position bitmask: {spec['s']['n']} entries for {n}")
+        sym = decode_ints(spec["s"], parts)
+        if sym.size != n or (sym.size and sym.max() > 1):
             raise ValueError("corrupted position bitmask")
         return np.flatnonzero(sym)
-    top = 2 ** spec["b"] - 1
+    b, m, count = spec["b"], spec["m"], spec["s"]["n"]
+    if not 1 <= b <= 16 or not 0 <= m <= n or not m <= count <= m + (n - m) // (2**b - 1):
+        raise ValueError("corrupted relative indices")
+    top = 2**b - 1
+    sym = decode_ints(spec["s"], parts)
     is_elem = sym != top
     advance = np.where(is_elem, sym + 1, top)
     idx = (np.cumsum(advance) - 1)[is_elem]
-    if idx.size != spec["m"] or (idx.size and (idx[-1] >= n or idx[0] < 0)):
+    if idx.size != m or (idx.size and (idx[-1] >= n or idx[0] < 0)):
         raise ValueError("corrupted relative indices")
     return idx

@@ -2,13 +2,16 @@
 
 An encoder appends its blobs to the leaf's list of parts and returns a JSON spec that
 says which coder was used and where its blobs are (``"p"``: the index of its first
-part). Every spec a decoder reads was written by an encoder here, so decoders check
-only what a damaged file could break (lengths), and say "corrupted" when it is.
+part). A spec read from a file has passed `lightcomp.export._manifest`'s schema
+check; decoders check what the data could still break (lengths, counts), before
+allocating, and say "corrupted" when it is. Decompression stops at the expected
+decoded size: a stream that inflates further is refused, not expanded.
 """
 
 from __future__ import annotations
 
 import lzma
+import math
 import zlib
 
 import numpy as np
@@ -25,12 +28,39 @@ def compress(codec: str, data: bytes) -> bytes:
     return zlib.compress(data, 9) if codec == "zlib" else lzma.compress(data, lzma.FORMAT_XZ)
 
 
-def decompress(codec: str, data: bytes, what: str) -> bytes:
-    """Inverse of `compress`; a damaged stream is a ValueError ``corrupted <what>``."""
+# The decoder's memory, mostly its dictionary: `compress` uses xz's default preset (an
+# 8 MiB dictionary, ~9 MiB to decode); a stream that asks for more than this is refused.
+LZMA_MEMLIMIT = 1 << 24
+
+
+def decompress(codec: str, data: bytes, what: str, size: int) -> bytes:
+    """Inverse of `compress`, producing exactly ``size`` bytes and never more.
+
+    Args:
+      codec: ``"zlib"`` or ``"lzma"`` (xz format).
+      data: one complete compressed stream, nothing after it.
+      what: names the stream in the error message.
+      size: the decoded size the spec implies; decoding stops one byte past it.
+
+    Raises:
+      ValueError: ``corrupted <what>``: a damaged stream, trailing bytes, or another
+        decoded size (a stream that inflates further is a decompression bomb).
+    """
     try:
-        return zlib.decompress(data) if codec == "zlib" else lzma.decompress(data)
+        if codec == "zlib":
+            d = zlib.decompressobj()
+            out = d.decompress(data, size + 1)
+            rest = d.unconsumed_tail or d.unused_data
+        else:
+            d = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=LZMA_MEMLIMIT)
+            out = d.decompress(data, size + 1)
+            rest = d.unused_data
     except (zlib.error, lzma.LZMAError) as e:
         raise ValueError(f"corrupted {what}") from e
+    if len(out) != size or not d.eof or rest:
+        more = "more than" if len(out) > size else f"{len(out)} bytes, not"
+        raise ValueError(f"corrupted {what}: it decodes to {more} the {size} bytes expected")
+    return out
 
 
 def size_of(candidate: Candidate) -> int:
@@ -85,18 +115,31 @@ def best_ints(sym: np.ndarray, parts: list[bytes], entropy: bool) -> dict:
     return smallest(int_candidates(sym, parts, entropy), parts)
 
 
-def decode_ints(spec: dict, parts: list[bytes]) -> np.ndarray:
+def decode_ints(spec: dict, parts: list[bytes], n: int | None = None) -> np.ndarray:
     """The integers a spec of `int_candidates` describes, as int64 ``[n]``.
 
+    Args:
+      spec: the stream's spec.
+      parts: the leaf's parts.
+      n: the count the caller expects; a spec declaring another is refused before
+        anything is decoded.
+
     Raises:
-      ValueError: the stream is corrupted or names an unknown coder.
+      ValueError: the stream is corrupted, declares another count, or names an
+        unknown coder.
     """
-    c, n, p = spec["c"], spec["n"], spec["p"]
+    c, count, p = spec["c"], spec["n"], spec["p"]
+    if n is not None and count != n:
+        raise ValueError(f"corrupted integer stream: {count} values declared, {n} expected")
     if c == "fixed":
-        return unpack_bits(parts[p], spec["w"], n)
+        return unpack_bits(parts[p], spec["w"], count)
     if c == "huff":
         lengths = unpack_bits(parts[p], 5, spec["k"])
-        return huffman_decode(parts[p + 1], lengths, n, spec["nb"])
+        return huffman_decode(parts[p + 1], lengths, count, spec["nb"])
     if c in CODECS:
-        return unpack_bits(decompress(c, parts[p], f"{c} stream"), spec["w"], n)
+        w = spec["w"]
+        if not 0 <= w <= 32 or count < 0:
+            raise ValueError(f"corrupted {c} stream: {count} values of {w} bits")
+        data = decompress(c, parts[p], f"{c} stream", math.ceil(count * w / 8))
+        return unpack_bits(data, w, count)
     raise ValueError(f"unknown integer coding {c!r}")

@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 
+from lightcomp.export._format import MAX_DEPTH
+
 
 def _child_key(path: tuple) -> str:
     """A container's key for a child, from its one-entry key path: ``"kernel"``, ``"0"``.
@@ -56,11 +58,67 @@ def skeleton(node: Any, counter: list[int]) -> Any:
     }
 
 
+def _children(skel: Any, what: str) -> list:
+    """The children of one skeleton node (``[]`` for ``None`` and leaves), its form checked."""
+    if skel is None:
+        return []
+    forms = ({"leaf"}, {"dict"}, {"list"}, {"tuple"}, {"node", "keys"})
+    if not isinstance(skel, dict) or set(skel) not in forms:
+        raise ValueError(f"{what} is not a skeleton node: {str(skel)[:80]}")
+    if "leaf" in skel:
+        return []
+    if "list" in skel or "tuple" in skel:
+        items = skel.get("list", skel.get("tuple"))
+        if not isinstance(items, list):
+            raise ValueError(f"{what} must hold a list")
+        return items
+    if "node" in skel and not isinstance(skel["node"], str):
+        raise ValueError(f"{what}: a node's type name must be a string")
+    pairs = skel.get("dict", skel.get("keys"))
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in pairs
+    ):
+        raise ValueError(f"{what} must hold [key, child] pairs with string keys")
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise ValueError(f"{what} repeats a key")
+    return [c for _, c in pairs]
+
+
+def check_structure(skel: Any, nleaves: int) -> None:
+    """Checks a skeleton read from a file before `rebuild` trusts it.
+
+    Every node has one of the forms `skeleton` writes, the nesting is at most
+    `MAX_DEPTH` deep, keys are strings and unique within their container, and the leaf
+    indices are ``0 .. nleaves - 1``, each used exactly once. Iterative: a deep crafted
+    skeleton cannot exhaust the interpreter's stack.
+
+    Raises:
+      ValueError: what is wrong (a corrupted manifest).
+    """
+    seen = bytearray(nleaves)
+    stack = [(skel, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"the tree structure nests deeper than {MAX_DEPTH} levels")
+        stack.extend((c, depth + 1) for c in _children(node, "a tree structure node"))
+        if isinstance(node, dict) and "leaf" in node:
+            i = node["leaf"]
+            if type(i) is not int or not 0 <= i < nleaves:
+                raise ValueError(f"the tree structure names leaf {i!r} of {nleaves}")
+            if seen[i]:
+                raise ValueError(f"the tree structure uses leaf {i} twice")
+            seen[i] = 1
+    if nleaves and not all(seen):
+        raise ValueError(f"the tree structure does not use leaf {seen.index(0)}")
+
+
 def rebuild(skel: Any, leaves: list) -> Any:
     """The pytree a `skeleton` describes, with ``leaves`` in its numbered places.
 
     Raises:
-      ValueError: the skeleton is not one `skeleton` writes (a corrupted manifest).
+      ValueError: the skeleton is not one `skeleton` writes (a corrupted manifest); a
+        skeleton read from a file is checked first, by `check_structure`.
     """
     if skel is None:
         return None

@@ -76,29 +76,38 @@ def _codebook_candidate(v: np.ndarray, entropy: bool) -> list[Candidate]:
     return [(spec, [book.astype(bdt).tobytes(), *sub])]
 
 
-def decode_values(spec: dict, idx: np.ndarray, shape, dt: np.dtype, parts) -> np.ndarray:
+def decode_values(spec: dict, idx: np.ndarray | None, shape, dt: np.dtype, parts) -> np.ndarray:
     """The values ``[m]`` (dtype ``dt``) a `value_candidates` spec describes.
 
+    Args:
+      spec: the values' spec.
+      idx: the flat positions of the values, or None for all ``prod(shape)`` of them.
+      shape: the leaf's shape.
+      dt: the leaf's dtype.
+      parts: the leaf's parts.
+
     Raises:
-      ValueError: the data are corrupted or the spec names an unknown encoding.
+      ValueError: the data are corrupted or the spec names an unknown encoding; every
+        declared size is checked before it is allocated or decompressed.
     """
     kind = spec["val"]
+    m = int(np.prod(shape, dtype=np.int64)) if idx is None else idx.size
     if kind == "raw":
+        sdt = dtype_named(spec["dt"])
         data = parts[spec["p"]]
         if "z" in spec:
-            data = decompress(spec["z"], data, "compressed values")
-        sdt = dtype_named(spec["dt"])
-        if len(data) != idx.size * sdt.itemsize:
+            data = decompress(spec["z"], data, "compressed values", m * sdt.itemsize)
+        if len(data) != m * sdt.itemsize:
             raise ValueError("corrupted raw values")
         return np.frombuffer(data, sdt).astype(dt)
     if kind == "book":
-        book = np.frombuffer(parts[spec["bp"]], dtype_named(spec["dt"])).astype(dt)
-        inds = decode_ints(spec["s"], parts)
-        if (
-            book.size != spec["k"]
-            or inds.size != idx.size
-            or (inds.size and inds.max() >= book.size)
-        ):
+        bdt = dtype_named(spec["dt"])
+        data = parts[spec["bp"]]
+        if not 1 <= spec["k"] <= 2**16 or len(data) != spec["k"] * bdt.itemsize:
+            raise ValueError("corrupted codebook")
+        book = np.frombuffer(data, bdt).astype(dt)
+        inds = decode_ints(spec["s"], parts, n=m)
+        if inds.size != m or (inds.size and inds.max() >= book.size):
             raise ValueError("corrupted codebook")
         return book[inds]
     if kind == "grid":

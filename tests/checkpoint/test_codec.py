@@ -9,6 +9,7 @@ import pytest
 
 from lightcomp.checkpoint._codec import (
     FORMAT,
+    FORMAT_VERSION,
     abstract,
     decode,
     describe,
@@ -31,7 +32,7 @@ def _state():
 
 def test_describe_names_every_leaf_and_the_key_leaves():
     meta = describe(_state())
-    assert meta["format"] == FORMAT and meta["version"] == 1
+    assert meta["format"] == FORMAT and meta["version"] == FORMAT_VERSION == 2
     assert meta["leaves"] == [
         {"path": "count", "shape": [], "dtype": str(np.asarray(7).dtype)},  # as NumPy holds it
         {"path": "legacy", "shape": [2], "dtype": "uint32"},

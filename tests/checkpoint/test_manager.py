@@ -1,7 +1,12 @@
 """Tests of lightcomp.checkpoint._manager: whole-DistillState save/restore with orbax, exact resume."""
 
+import logging
 import os
+import select
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import chex
@@ -15,9 +20,11 @@ from jax.sharding import PartitionSpec as P
 import lightcomp as lc
 from lightcomp import checkpoint as ckpt
 from lightcomp import parallel
+from tests.checkpoint.helpers import assert_bit_exact, numbered_state
 
 N = 3  # steps before and after the save
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def _transform():
@@ -272,6 +279,48 @@ def test_killed_mid_save_falls_back_to_last_complete_step(setup, two_steps, how)
     assert _tree_snapshot(directory) == before  # nothing deleted or changed
 
 
+def test_killed_at_a_random_moment_of_a_save_the_last_complete_step_restores(tmp_path):
+    """Three savers (``numbered_state(s)`` as step s = 1, 2, ...) killed by SIGKILL at
+    random moments: each directory's newest complete step restores bit for bit."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    delays = np.random.default_rng(0).uniform(0.0, 0.8, 3)  # a save takes ~0.1 s
+    runs = [tmp_path / f"run{i}" for i in range(len(delays))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.checkpoint.helpers", str(d)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for d in runs
+    ]
+    try:
+        for p, delay in zip(procs, delays, strict=True):
+            ready, _, _ = select.select([p.stdout], [], [], 300)
+            assert ready and p.stdout.readline().strip() == "saved 1", "the saver did not start"
+            time.sleep(delay)
+            p.kill()
+            p.wait()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+    # killed mid-save: orbax's temporary directory of the step being written is left
+    assert any(".orbax-checkpoint-tmp" in name for d in runs for name in os.listdir(d))
+    for d in runs:
+        steps = ckpt.steps(d)
+        assert steps == list(range(1, steps[-1] + 1))
+        back, step = ckpt.restore(d, numbered_state(0), return_step=True)
+        assert step == steps[-1]
+        assert_bit_exact(back, numbered_state(step))
+
+
 def test_empty_or_missing_directory(setup, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match=f"no complete checkpoint in '{tmp_path}'"):
         ckpt.restore(tmp_path, setup.fresh())
@@ -336,7 +385,7 @@ def test_save_rejects_bad_step_and_config(setup, tmp_path):
 # --------------------------------------------------------------------------- 0.1.0
 
 
-def test_v010_checkpoint_restores(tmp_path):
+def test_v010_checkpoint_restores(tmp_path, caplog):
     """The checkpoint 0.1.0 wrote (step 3) restores into a target built as it was then."""
     directory = tmp_path / "ckpt"
     shutil.copytree(FIXTURES / "ckpt_v010", directory)  # never restore in place
@@ -346,7 +395,10 @@ def test_v010_checkpoint_restores(tmp_path):
     )
     st = lc.train.init_state(s_params, optax.adam(1e-3), t2, jax.random.key(2))
     assert ckpt.steps(directory) == [3]
-    back = ckpt.restore(directory, st)
+    with caplog.at_level(logging.WARNING, logger="lightcomp.checkpoint"):
+        back = ckpt.restore(directory, st)
+    (note,) = [r.getMessage() for r in caplog.records if r.name == "lightcomp.checkpoint"]
+    assert "step 3 has no content digests" in note and "restored unverified" in note
     chex.assert_trees_all_equal_structs(back, st)
     with np.load(FIXTURES / "ckpt_v010_leaves.npz") as z:
         want = {k: z[k] for k in z.files}

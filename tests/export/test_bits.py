@@ -37,6 +37,11 @@ def test_nothing_to_store_is_empty(width, n):
     np.testing.assert_array_equal(unpack_bits(b"", width, n), np.zeros(n, np.int64))
 
 
-def test_unpack_bits_rejects_wrong_length():
+def test_unpack_bits_rejects_wrong_length_and_widths():
     with pytest.raises(ValueError, match="corrupted"):
         unpack_bits(b"\x00", 3, 5)
+    with pytest.raises(ValueError, match="corrupted"):
+        unpack_bits(b"\x00", 0, 5)  # nothing to store: no bytes either
+    for width, n in [(33, 1), (10**6, 1), (-1, 1), (3, -1)]:
+        with pytest.raises(ValueError, match="corrupted packed data"):
+            unpack_bits(b"\x00" * 8, width, n)

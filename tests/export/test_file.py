@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import threading
+import tracemalloc
 from pathlib import Path
 
 import jax
@@ -106,6 +108,47 @@ def test_load_rejects_bad_files(packed, tmp_path, case):
     bad.write_bytes(data)
     with pytest.raises(ValueError, match=message):
         export.load(bad)
+
+
+def _load_error(path):
+    try:
+        export.load(path)
+    except Exception as e:
+        return e
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_load_refuses_what_is_not_a_regular_file_without_blocking(tmp_path):
+    fifo = tmp_path / "model.lcpk"
+    os.mkfifo(fifo)  # no writer: reading it would block forever
+    cases = [(fifo, "is a FIFO"), (tmp_path, "is a directory")]
+    if os.path.exists("/dev/zero"):
+        cases.append((Path("/dev/zero"), "is a device"))  # endless: read whole, it exhausts memory
+    for path, message in cases:
+        result = {}
+        t = threading.Thread(target=lambda p=path: result.update(e=_load_error(p)), daemon=True)
+        t.start()
+        t.join(10)
+        assert not t.is_alive(), f"load({path}) blocked"
+        assert isinstance(result["e"], ValueError) and message in str(result["e"]), result
+    with pytest.raises(FileNotFoundError):
+        export.load(tmp_path / "missing.lcpk")
+
+
+def test_a_large_foreign_file_is_refused_after_its_magic(tmp_path):
+    big = tmp_path / "weights.zip"
+    with open(big, "wb") as f:
+        f.write(b"PK\x03\x04")
+        f.truncate(1 << 30)  # 1 GiB (sparse on disk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="bad magic bytes"):
+            export.load(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
 
 
 def test_save_to_missing_directory_raises(packed, tmp_path):

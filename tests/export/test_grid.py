@@ -13,6 +13,7 @@ from lightcomp.export._grid import (
     find_grid,
     granularities,
     grid_candidates,
+    grid_groups,
     grid_values,
     group_ids,
 )
@@ -163,3 +164,25 @@ def test_ml_dtypes_bfloat16_grid_matches_quant_dequantize():
     deq = np.asarray(lc.quant.dequantize(qt))
     assert deq.dtype == ml_dtypes.bfloat16
     assert "grid" in _roundtrip(deq)["encoding"]
+
+
+@pytest.mark.parametrize("shape", [(8,), (6, 4), (2, 8, 4)])
+def test_grid_groups_counts_without_allocating(shape):
+    for gran in granularities(shape):
+        assert grid_groups(shape, gran) == group_ids(np.arange(np.prod(shape)), shape, gran)[1]
+
+
+@pytest.mark.parametrize(
+    "gran",
+    [
+        {"kind": "axis", "axis": 2},
+        {"kind": "axis", "axis": True},
+        {"kind": "group", "gaxis": 0, "size": 0, "axis": None},  # was a ZeroDivisionError
+        {"kind": "group", "gaxis": 0, "size": 4, "axis": None},  # does not divide 6
+        {"kind": "group", "gaxis": 0, "size": 2, "axis": -1},
+        {"kind": "blocks"},
+    ],
+)
+def test_grid_groups_refuses_other_granularities(gran):
+    with pytest.raises(ValueError, match="corrupted grid granularity"):
+        grid_groups((6, 4), gran)

@@ -114,5 +114,9 @@ def test_corrupted_streams_are_rejected():
         huffman_decode(data + b"\x00", lengths, sym.size, nbits)
     with pytest.raises(ValueError, match="corrupted Huffman stream"):
         huffman_decode(data, lengths, sym.size + 5, nbits)  # runs past the end
+    with pytest.raises(ValueError, match="corrupted Huffman stream"):
+        huffman_decode(data, lengths, 10**12, nbits)  # more symbols than bits: before allocating
+    with pytest.raises(ValueError, match="corrupted Huffman stream"):
+        huffman_decode(data, np.zeros(3, np.int64), sym.size, nbits)  # no code at all
     with pytest.raises(ValueError, match="code lengths"):
         huffman_decode(data, np.array([1, 1, 1]), sym.size, nbits)  # breaks Kraft

@@ -102,7 +102,9 @@ def test_unpack_rejects_inconsistent_manifest(packed):
     leaves = [dict(m) for m in packed.manifest["leaves"]]
     leaves[0]["parts"] = [[0, len(packed.payload) + 10]]
     bad = export.Packed({**packed.manifest, "leaves": leaves}, packed.payload)
-    with pytest.raises(ValueError, match="leaf 'layer/kernel': part outside the payload"):
+    with pytest.raises(
+        ValueError, match="leaf 'layer/kernel': corrupted manifest: part outside the payload"
+    ):
         export.unpack(bad)
     leaves[0] = {**packed.manifest["leaves"][0], "shape": [999]}
     bad = export.Packed({**packed.manifest, "leaves": leaves}, packed.payload)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -65,9 +67,26 @@ def test_skewed_stream_is_entropy_coded():
 def test_compress_round_trips_and_rejects_damage(codec):
     data = bytes(range(256)) * 4
     small = compress(codec, data)
-    assert decompress(codec, small, "thing") == data
+    assert decompress(codec, small, "thing", len(data)) == data
     with pytest.raises(ValueError, match="corrupted thing"):
-        decompress(codec, small[:-7] + b"\x00" * 7, "thing")
+        decompress(codec, small[:-7] + b"\x00" * 7, "thing", len(data))
+    with pytest.raises(ValueError, match="corrupted thing"):
+        decompress(codec, small + b"\x00", "thing", len(data))  # bytes after the stream
+
+
+@pytest.mark.parametrize("codec", ["zlib", "lzma"])
+def test_decompression_stops_at_the_expected_size(codec):
+    bomb = compress(codec, bytes(50_000_000))  # ~50 KB (zlib) or ~7 KB (lzma)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="more than the 1000 bytes expected"):
+            decompress(codec, bomb, "thing", 1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (1 << 20 if codec == "zlib" else 10 << 20)  # lzma: its 8 MiB dictionary
+    with pytest.raises(ValueError, match="1000 bytes, not the 1001 bytes expected"):
+        decompress(codec, compress(codec, bytes(1000)), "thing", 1001)
 
 
 def test_shift_moves_only_the_part_index():
@@ -82,3 +101,11 @@ def test_shift_moves_only_the_part_index():
 def test_unknown_coder_is_an_error():
     with pytest.raises(ValueError, match="unknown integer coding"):
         decode_ints({"c": "rle", "n": 1, "p": 0}, [b""])
+
+
+def test_decode_ints_refuses_another_count_before_decoding():
+    parts: list[bytes] = []
+    spec = best_ints(np.arange(40) % 5, parts, True)
+    np.testing.assert_array_equal(decode_ints(spec, parts, n=40), np.arange(40) % 5)
+    with pytest.raises(ValueError, match="40 values declared, 41 expected"):
+        decode_ints(spec, parts, n=41)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import lightcomp as lc
-from lightcomp.export._structure import rebuild, skeleton
+from lightcomp.export._format import MAX_DEPTH
+from lightcomp.export._structure import check_structure, rebuild, skeleton
 
 
 class Pair(NamedTuple):
@@ -81,3 +82,35 @@ def test_mixed_tree_structure_and_like(mlp_params):
     jax.tree.map(_assert_bit_equal, back_nt, nt)
     with pytest.raises(ValueError, match="leaf paths"):
         lc.export.unpack(packed, like={"x": jnp.ones(3)})
+
+
+@pytest.mark.parametrize(
+    "skel, nleaves, match",
+    [
+        ({"leaf": -1}, 1, "names leaf -1 of 1"),
+        ({"leaf": True}, 2, "names leaf True"),  # a bool is not an index
+        ({"list": [{"leaf": 0}, {"leaf": 0}]}, 2, "uses leaf 0 twice"),
+        ({"list": [{"leaf": 1}]}, 2, "does not use leaf 0"),
+        ({"dict": [["a", {"leaf": 0}], ["a", {"leaf": 1}]]}, 2, "repeats a key"),
+        ({"dict": [[1, {"leaf": 0}]]}, 1, "string keys"),
+        ({"node": 3, "keys": []}, 0, "type name"),
+        ({"leaf": 0, "list": []}, 1, "not a skeleton node"),
+        ({"tuple": {"leaf": 0}}, 1, "must hold a list"),
+    ],
+)
+def test_check_structure_refuses_what_skeleton_never_writes(skel, nleaves, match):
+    with pytest.raises(ValueError, match=match):
+        check_structure(skel, nleaves)
+
+
+def test_check_structure_bounds_the_depth_without_recursing():
+    skel = {"leaf": 0}
+    for _ in range(MAX_DEPTH):
+        skel = {"list": [skel]}
+    check_structure(skel, 1)  # exactly the limit
+    for _ in range(100_000):  # far past the interpreter's recursion limit
+        skel = {"list": [skel]}
+    with pytest.raises(ValueError, match="deeper than"):
+        check_structure(skel, 1)
+    tree = {"z": [1, (2, None)], "a": Pair(3, 4)}
+    check_structure(skeleton(tree, [0]), 4)  # what skeleton writes passes
