@@ -85,7 +85,9 @@ def share(
     if not axes:
         flat_c, flat_i = centroids, codes
     else:
-        moved = jnp.moveaxis(codes, axes, front).reshape((-1, *[d for i, d in enumerate(codes.shape) if i not in axes]))
+        moved = jnp.moveaxis(codes, axes, front).reshape(
+            (-1, *[d for i, d in enumerate(codes.shape) if i not in axes])
+        )
         offs = (jnp.arange(moved.shape[0], dtype=jnp.int32) * k).reshape(
             (-1,) + (1,) * (moved.ndim - 1)
         )

@@ -80,7 +80,10 @@ def plan(shape: tuple[int, ...], ax: lt.Axes, gran: Granularity, scope: str) -> 
             slice_shape = tuple(shape[a] for a in order)
     elif isinstance(gran, Channel) or scope == "output":
         order = (*ax.inputs, *ax.outputs)
-        slice_shape = (math.prod(shape[a] for a in ax.inputs), math.prod(shape[a] for a in ax.outputs))
+        slice_shape = (
+            math.prod(shape[a] for a in ax.inputs),
+            math.prod(shape[a] for a in ax.outputs),
+        )
     else:
         order = tuple(a for a in range(len(shape)) if a not in st)
         slice_shape = (math.prod(shape[a] for a in order),)

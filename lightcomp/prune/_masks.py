@@ -177,7 +177,9 @@ def leaf_axes_of(scores: PyTree, axes: PyTree | None) -> list[lt.Axes]:
     for (path, score), ax in zip(lt.leaves_with_paths(scores, argname="scores"), flat, strict=True):
         if not isinstance(ax, lt.Axes):
             got = "None" if ax is None else type(ax).__name__
-            raise TypeError(f"axes must hold a lightcomp.tree.Axes at scores leaf {path!r}, got {got}")
+            raise TypeError(
+                f"axes must hold a lightcomp.tree.Axes at scores leaf {path!r}, got {got}"
+            )
         ax.check(tuple(score.shape), path)
         out.append(ax)
     return out

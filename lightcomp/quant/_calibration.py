@@ -86,7 +86,12 @@ def minmax_range(
 
 
 def percentile_range(
-    x: jax.Array, q: float, axis: int | tuple[int, ...] | None = None, *, group_size=None, group_axis=None
+    x: jax.Array,
+    q: float,
+    axis: int | tuple[int, ...] | None = None,
+    *,
+    group_size=None,
+    group_axis=None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(percentile(x, 100 - q), percentile(x, q))``: clips the ``100 - q`` % tails on each side.
 

@@ -192,7 +192,9 @@ def scale_in_view(value: Any, lay: Layout, argname: str) -> jax.Array:
     if lay.axes and v.ndim == len(lay.axes) and len(lay.shape) > v.ndim:
         sizes = tuple(lay.shape[a] for a in lay.axes)
         if tuple(v.shape) != sizes and len(sizes) == 1:
-            raise ValueError(f"{argname} has {v.shape[0]} entries but axis {lay.axis} has {sizes[0]}")
+            raise ValueError(
+                f"{argname} has {v.shape[0]} entries but axis {lay.axis} has {sizes[0]}"
+            )
         if tuple(v.shape) != sizes:
             raise ValueError(f"{argname} has shape {tuple(v.shape)}, axes {lay.axes} have {sizes}")
         v = v.reshape(tuple(lay.shape[i] if i in lay.axes else 1 for i in range(len(lay.shape))))

@@ -49,8 +49,11 @@ def digest(params: PyTree, rule: tree.Select, resolved: PyTree) -> str:
     described = [
         (path, entry)
         for (path, _), entry, chosen in zip(
-            tree.leaves_with_paths(params), flat, jax.tree.leaves(tree.selection(params, rule))
-        , strict=True)
+            tree.leaves_with_paths(params),
+            flat,
+            jax.tree.leaves(tree.selection(params, rule)),
+            strict=True,
+        )
         if chosen
     ]
     return hashlib.sha1(repr(described).encode()).hexdigest()[:12]

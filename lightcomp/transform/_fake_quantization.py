@@ -203,4 +203,3 @@ def fake_quantization(
         return state
 
     return Transform(init, apply, update)
-

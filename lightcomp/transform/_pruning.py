@@ -221,9 +221,7 @@ def pruning(
             due &= s != state.sparsity
         else:
             due &= (step - begin_step) % update_every == 0
-        masks = jax.lax.cond(
-            due, lambda: compute(params, grads, s, leaf_axes), lambda: state.masks
-        )
+        masks = jax.lax.cond(due, lambda: compute(params, grads, s, leaf_axes), lambda: state.masks)
         return state.replace(masks=masks, sparsity=jnp.where(due, s, state.sparsity))
 
     return Transform(init, apply, update)

@@ -63,7 +63,9 @@ class Axes:
             raise ValueError("Axes.inputs and Axes.outputs are both given or both None")
         every = self.stacked + (self.inputs or ()) + (self.outputs or ())
         if len(set(every)) != len(every):
-            raise ValueError(f"Axes: an axis is in more than one of stacked, inputs, outputs: {self}")
+            raise ValueError(
+                f"Axes: an axis is in more than one of stacked, inputs, outputs: {self}"
+            )
         if self.names is not None:
             set_("names", tuple(str(n) for n in self.names))
 
@@ -116,7 +118,9 @@ class Axes:
         Stacked axes alone are checked when the others are not `known`.
         """
         nd = len(shape)
-        out_of_range = [a for a in self.stacked + (self.inputs or ()) + (self.outputs or ()) if a >= nd]
+        out_of_range = [
+            a for a in self.stacked + (self.inputs or ()) + (self.outputs or ()) if a >= nd
+        ]
         if out_of_range:
             raise ValueError(
                 f"axes of leaf {path!r} name axis {out_of_range[0]}, but the leaf has shape "

@@ -88,7 +88,9 @@ def _leaves(params: PyTree) -> list[_Leaf]:
     for path, leaf in leaves_with_paths(params):
         shape = tuple(getattr(leaf, "shape", ()))
         nm = names.get(path)
-        out.append(_Leaf(path, tuple(path.split("/")), shape, nm if nm and len(nm) == len(shape) else None))
+        out.append(
+            _Leaf(path, tuple(path.split("/")), shape, nm if nm and len(nm) == len(shape) else None)
+        )
     return out
 
 
@@ -198,7 +200,9 @@ def _stacks(leaves, mods, kinds, opts) -> dict[str, tuple[int, ...]]:
         n = opts.stacked_of(lf.path)
         if n is not None:
             if n > len(lf.shape):
-                raise ValueError(f"stacked={n} is more than the rank of leaf {lf.path!r} {lf.shape}")
+                raise ValueError(
+                    f"stacked={n} is more than the rank of leaf {lf.path!r} {lf.shape}"
+                )
             st = _Stack(tuple(range(n)), lf.shape[:n], lf.path)
         else:
             st = _own_stack(lf, kinds[lf.path], mods, opts.layer_names)
@@ -261,7 +265,9 @@ def _axes_of(lf: _Leaf, kind: str, stacked: tuple[int, ...]) -> Axes:
 def _overrides(overrides: Any) -> tuple[tuple[str, Axes], ...]:
     if overrides is None:
         return ()
-    if isinstance(overrides, tuple) and all(isinstance(t, tuple) and len(t) == 2 for t in overrides):
+    if isinstance(overrides, tuple) and all(
+        isinstance(t, tuple) and len(t) == 2 for t in overrides
+    ):
         overrides = dict(overrides)  # an AxesOptions' own normal form
     if not isinstance(overrides, Mapping):
         raise TypeError(
