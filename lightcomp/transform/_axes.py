@@ -36,7 +36,7 @@ def options(axes: Any, stacked: Any) -> tree.AxesOptions:
 
 def resolve(params: PyTree, rule: tree.Select, opts: tree.AxesOptions) -> PyTree:
     """The selected leaves' `lightcomp.tree.Axes` (None elsewhere), errors naming ``axes``."""
-    return _as_axes_argument(opts.resolve, params, rule)
+    return _as_axes_argument(tree.resolve_axes, params, rule, opts)
 
 
 def digest(params: PyTree, rule: tree.Select, resolved: PyTree) -> str:

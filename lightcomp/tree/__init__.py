@@ -40,8 +40,9 @@ checkpoint like the parameters, and ``jax.tree.map(f, params, masks)`` hands ``f
 """
 
 from lightcomp.tree._axes import Axes, need_known
-from lightcomp.tree._derive import LAYER_NAMES, AxesOptions, axes
+from lightcomp.tree._derive import axes, resolve_axes
 from lightcomp.tree._mirror import check_mirror, check_shape, first_mismatch
+from lightcomp.tree._options import LAYER_NAMES, AxesOptions
 from lightcomp.tree._paths import is_floating, leaves_with_paths, path_str, paths
 from lightcomp.tree._select import (
     ROLE_NAMES,
@@ -77,6 +78,7 @@ __all__ = [
     "need_known",
     "path_str",
     "paths",
+    "resolve_axes",
     "role_named",
     "select",
     "selected_paths",
