@@ -110,7 +110,9 @@ def test_block_rows_along_the_input_axis_columns_along_the_last_output_axis():
     r = np.random.default_rng(5)
     score = r.random((8, HEADS, HEAD_DIM)).astype(np.float32)  # [embed, heads, head_dim]
     ax = {"q": A((), (0,), (1, 2))}
-    mk = np.asarray(P.masks({"q": jnp.asarray(score)}, 0.5, granularity=P.Block(4, 2), axes=ax)["q"])
+    mk = np.asarray(
+        P.masks({"q": jnp.asarray(score)}, 0.5, granularity=P.Block(4, 2), axes=ax)["q"]
+    )
     tiles = np.moveaxis(mk, 1, 0).reshape(HEADS, 2, 4, 2, 2)  # head, row block, row, col block, col
     assert np.all(tiles.all(axis=(2, 4)) == tiles.any(axis=(2, 4)))
     tile_scores = np.moveaxis(score, 1, 0).reshape(HEADS, 2, 4, 2, 2)
@@ -142,11 +144,15 @@ def test_global_scope_ranks_all_slices_together_and_keep_one_is_per_slice():
     np.testing.assert_array_equal(np.asarray(got).reshape(-1, 6), np.asarray(flat))
     cut = P.masks(scores, 0.4, scope="global", granularity="channel", axes=ax)["w"]
     assert not bool(cut[1].any())  # the whole layer goes...
-    kept = np.asarray(P.masks(scores, 0.4, scope="global", granularity="channel", keep_one=True, axes=ax)["w"])
+    kept = np.asarray(
+        P.masks(scores, 0.4, scope="global", granularity="channel", keep_one=True, axes=ax)["w"]
+    )
     assert kept[1].all(axis=0).sum() == 1  # ...unless each slice keeps its best unit
     assert int(np.argmax(np.linalg.norm(score[1], axis=0))) == int(np.argmax(kept[1].all(axis=0)))
     chex.assert_trees_all_equal(
-        jax.tree.leaves(_masks_jit(scores, 0.4, scope="global", granularity="channel", keep_one=True, axes=ax)),
+        jax.tree.leaves(
+            _masks_jit(scores, 0.4, scope="global", granularity="channel", keep_one=True, axes=ax)
+        ),
         [kept],
     )
 
@@ -154,7 +160,10 @@ def test_global_scope_ranks_all_slices_together_and_keep_one_is_per_slice():
 def test_elements_need_no_axes_but_structure_does():
     scores = {"Einsum_0": {"kernel": jnp.ones((3, 4, 5))}}
     assert int((~P.masks(scores, 0.5)["Einsum_0"]["kernel"]).sum()) == 30
-    with pytest.raises(ValueError, match=r"granularity=Channel\(\) needs the input and output axes of leaf 'Einsum_0/kernel' \(3, 4, 5\).*overrides=\{'Einsum_0/kernel'"):
+    with pytest.raises(
+        ValueError,
+        match=r"granularity=Channel\(\) needs the input and output axes of leaf 'Einsum_0/kernel' \(3, 4, 5\).*overrides=\{'Einsum_0/kernel'",
+    ):
         P.masks(scores, 0.5, granularity="channel")
     given = {"Einsum_0": {"kernel": A((), (0,), (1, 2))}}
     mk = P.masks(scores, 0.5, granularity="channel", axes=given)["Einsum_0"]["kernel"]
@@ -164,15 +173,25 @@ def test_elements_need_no_axes_but_structure_does():
 def test_errors_name_the_leaf_and_the_axis():
     out = {"attn": {"out": {"kernel": jnp.ones((2, 6, 8))}}}  # [heads, head_dim, embed]
     ax = {"attn": {"out": {"kernel": A((), (0, 1), (2,), names=("heads", "head_dim", "embed"))}}}
-    with pytest.raises(ValueError, match=r"m=4 does not divide input axis 1 \(head_dim, size 6\) of leaf 'attn/out/kernel'"):
+    with pytest.raises(
+        ValueError,
+        match=r"m=4 does not divide input axis 1 \(head_dim, size 6\) of leaf 'attn/out/kernel'",
+    ):
         P.masks(out, None, granularity="2:4", axes=ax)
-    with pytest.raises(ValueError, match=r"block=\(3, 3\) does not divide output axis 2 \(embed, size 8\) \(block cols\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"block=\(3, 3\) does not divide output axis 2 \(embed, size 8\) \(block cols\)",
+    ):
         P.masks(out, 0.5, granularity=P.Block(3, 3), axes=ax)
     with pytest.raises(ValueError, match="axes does not mirror params"):
         P.masks(out, 0.5, axes={"attn": None})
-    with pytest.raises(TypeError, match=r"lightcomp.tree.Axes at scores leaf 'attn/out/kernel', got str"):
+    with pytest.raises(
+        TypeError, match=r"lightcomp.tree.Axes at scores leaf 'attn/out/kernel', got str"
+    ):
         P.masks(out, 0.5, axes={"attn": {"out": {"kernel": "0, 1"}}})
     with pytest.raises(ValueError, match=r"axes does not mirror .* 'attn/out/kernel/0'"):
         P.masks(out, 0.5, axes={"attn": {"out": {"kernel": (0, 1)}}})
-    with pytest.raises(ValueError, match=r"axes of leaf 'attn/out/kernel' \(2, 6, 8\) must put every axis"):
+    with pytest.raises(
+        ValueError, match=r"axes of leaf 'attn/out/kernel' \(2, 6, 8\) must put every axis"
+    ):
         P.masks(out, 0.5, axes={"attn": {"out": {"kernel": A((), (0,), (2,))}}})

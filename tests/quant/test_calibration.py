@@ -121,8 +121,9 @@ def test_tuple_axes_ranges_match_numpy(ref):
     np.testing.assert_array_equal(lo, x.min(axis=1, keepdims=True))
     np.testing.assert_array_equal(hi, x.max(axis=1, keepdims=True))
     plo, phi = quant.percentile_range(jnp.asarray(x), 90.0, (0, 2))
-    want = np.percentile(x, 90.0, axis=1, keepdims=True)
-    np.testing.assert_allclose(phi, want, rtol=1e-5, atol=1e-6)
+    for got, q in ((plo, 10.0), (phi, 90.0)):
+        want = np.percentile(x, q, axis=1, keepdims=True)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     mse = jax.jit(
         lambda x, axis: quant.mse_range(x, 3, axis=axis, num_candidates=20), static_argnums=1
     )
