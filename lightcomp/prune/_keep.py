@@ -43,19 +43,23 @@ class Plan:
     slice_shape: tuple[int, ...]
 
     def view(self, x: jax.Array) -> jax.Array:
+        """The leaf in the read order: ``[layers, *slice_shape]`` (``slice_shape`` alone
+        without layer axes)."""
         if self.perm != tuple(range(len(self.shape))):
             x = jnp.transpose(x, self.perm)
         lead = (self.layers,) if self.stacked else ()
         return x.reshape((*lead, *self.slice_shape))
 
     def unview(self, y: jax.Array) -> jax.Array:
+        """Inverse of `view`."""
         y = y.reshape(tuple(self.shape[a] for a in self.perm))
         if self.perm == tuple(range(len(self.shape))):
             return y
         return jnp.transpose(y, tuple(sorted(range(len(self.perm)), key=self.perm.__getitem__)))
 
     def per_slice(self, fn, *args):
-        """``fn(slice, *args)`` on each slice (vmapped over layers) or on the leaf."""
+        """``fn(*args)`` slice by slice of the first argument (vmapped over layers; the rest
+        shared), or once on the whole leaf without layer axes."""
         if not self.stacked:
             return fn(*args)
         return jax.vmap(fn, in_axes=(0,) + (None,) * (len(args) - 1))(*args)

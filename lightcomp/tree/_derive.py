@@ -22,11 +22,19 @@ are found from (first match): ``overrides``; ``stacked``; a partitioning name of
 a bias only when its kernel agrees); otherwise the nearest enclosing module whose leaves
 with such evidence all agree (so a bias-less Conv kernel in a scanned block takes the
 block's layer axes from a sibling norm scale).
+
+Not derived (inputs and outputs None; an operation that needs them raises and says what to
+pass): ``nn.Einsum`` kernels, DenseGeneral kernels outside attention, a 3-D kernel outside
+attention and not under a conv-named module. A kernel of rank 4 or more outside attention
+and without layer axes is read as a Conv (``[*window, in, out]``). Not visible in a tree:
+``ConvTranspose(transpose_kernel=True)`` kernels are ``[*window, out, in]`` (pass
+``overrides``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +45,7 @@ from flax.core import meta
 
 from lightcomp.tree._axes import Axes
 from lightcomp.tree._options import AxesOptions
-from lightcomp.tree._paths import leaves_with_paths, path_str
+from lightcomp.tree._paths import is_array_like, leaves_with_paths, path_str
 from lightcomp.tree._select import SelectLike, as_select, selection
 
 PyTree = Any
@@ -300,8 +308,36 @@ def axes(
 
 
 def resolve_axes(params: PyTree, select: SelectLike, opts: AxesOptions) -> PyTree:
-    """`axes` of ``params`` under checked options (the transforms keep theirs)."""
-    flags = jax.tree.leaves(selection(params, as_select(select)))
+    """`axes` of ``params`` under checked options (the transforms keep theirs).
+
+    The result depends on the tree's structure (paths, partitioning metadata), shapes and
+    dtypes only, so it is remembered for each of those: a transform resolving its axes at
+    every ``apply`` pays the derivation once.
+    """
+    rule = as_select(select)
+    leaves, treedef = jax.tree.flatten(params)
+    specs = tuple(
+        (tuple(x.shape), x.dtype) if is_array_like(x) else (type(x), x) for x in leaves
+    )
+    try:
+        flat = _resolved(treedef, specs, rule, opts)
+    except TypeError as e:
+        if "unhashable" not in str(e):
+            raise
+        flat = _resolve_flat(params, rule, opts)  # a leaf or a predicate that cannot be a key
+    return jax.tree.unflatten(treedef, list(flat))
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(treedef, specs, rule, opts) -> tuple[Axes | None, ...]:
+    shapes = [
+        jax.ShapeDtypeStruct(s[0], s[1]) if isinstance(s[0], tuple) else s[1] for s in specs
+    ]
+    return _resolve_flat(jax.tree.unflatten(treedef, shapes), rule, opts)
+
+
+def _resolve_flat(params: PyTree, rule, opts: AxesOptions) -> tuple[Axes | None, ...]:
+    flags = jax.tree.leaves(selection(params, rule))
     leaves = _leaves(params)
     mods = _Modules(leaves)
     kinds = {lf.path: mods.kind(lf) for lf in leaves}
@@ -323,4 +359,4 @@ def resolve_axes(params: PyTree, select: SelectLike, opts: AxesOptions) -> PyTre
             ax = _axes_of(lf, kinds[lf.path], stacks[lf.path])
         ax.check(lf.shape, lf.path)
         out.append(ax)
-    return jax.tree.unflatten(jax.tree.structure(params), out)
+    return tuple(out)
