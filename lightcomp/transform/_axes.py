@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from lightcomp import tree
+from lightcomp import _checks, tree
 
 PyTree = Any
 
@@ -75,3 +75,17 @@ def check_resolved(params, other, resolved, what: str, shape_of) -> None:
     for (path, w), entry, r in zip(tree.leaves_with_paths(params), flat, per_leaf, strict=True):
         if entry is not None and r is not None:
             tree.check_shape(path, w, entry, what, lambda leaf: shape_of(leaf, r))
+
+
+def check_axis(axis: Any) -> int | tuple[int, ...] | None:
+    """A transform's ``axis=``: None, an int or a tuple of ints (checked, a tuple kept)."""
+    if isinstance(axis, (tuple, list)):
+        return tuple(_checks.check_int(a, "axis") for a in axis)
+    return _checks.check_opt_int(axis, "axis")
+
+
+def with_layers(axis: Any, ax: tree.Axes, path: str, ndim: int) -> tuple[int, ...]:
+    """The user's ``axis`` (None, an int or a tuple) and the leaf's layer axes, sorted."""
+    given = axis if isinstance(axis, tuple) else (() if axis is None else (axis,))
+    own = {_checks.norm_axis(a, ndim, path=path) for a in given}
+    return tuple(sorted(own | set(ax.stacked)))

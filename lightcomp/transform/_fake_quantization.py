@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -36,13 +37,9 @@ def _is_layout(x: Any) -> bool:
 
 
 def _check_axis(axis: Any) -> Any:
-    if axis == UNITS and isinstance(axis, str):
+    if isinstance(axis, str) and axis == UNITS:
         return axis
-    if isinstance(axis, (tuple, list)):
-        return tuple(_checks.check_int(a, "axis") for a in axis)
-    if axis is not None:
-        _checks.check_int(axis, "axis")
-    return axis
+    return _axes.check_axis(axis)
 
 
 def kept_axes(axis: Any, ax: tree.Axes, path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -54,9 +51,7 @@ def kept_axes(axis: Any, ax: tree.Axes, path: str, shape: tuple[int, ...]) -> tu
     if axis == UNITS:
         tree.need_known(ax, path, shape, "fake_quantization(axis='units')")
         return ax.units
-    given = axis if isinstance(axis, tuple) else (() if axis is None else (axis,))
-    own = tuple(_checks.norm_axis(a, len(shape), path=path) for a in given)
-    return tuple(sorted(set(own) | set(ax.stacked)))
+    return _axes.with_layers(axis, ax, path, len(shape))
 
 
 def leaf_layout(axis, group_size, path, w, ax) -> quant.Layout:
@@ -174,9 +169,7 @@ def fake_quantization(
         if not learned_scale:
             return FakeQuantState(None, fp)
         scales = tree.map_selected(
-            lambda w, lay: quant.lsq_init_scale(
-                w, bits, axis=lay.axis, group_size=group_size, group_axis=lay.group_axis
-            ),
+            lambda w, lay: quant.lsq_init_scale(w, bits, **_layout_args(lay)),
             params,
             lays,
             select=rule,
@@ -186,13 +179,7 @@ def fake_quantization(
 
     def apply(params, state):
         lays = check(params, state)
-
-        def one(w, lay, s=None):
-            kw = dict(axis=lay.axis, group_size=group_size, group_axis=lay.group_axis)
-            if s is None:
-                return quant.fake_quant(w, bits, symmetric=symmetric, **kw)
-            return quant.lsq_fake_quant(w, s, bits, **kw)
-
+        one = functools.partial(_quantized, bits=bits, symmetric=symmetric)
         if not learned_scale:
             return tree.map_selected(one, params, lays, select=rule)
         return tree.map_selected(one, params, lays, state.scales.value, select=rule)
@@ -203,3 +190,15 @@ def fake_quantization(
         return state
 
     return Transform(init, apply, update)
+
+
+def _layout_args(lay: quant.Layout) -> dict[str, Any]:
+    """The ``axis``, ``group_size`` and ``group_axis`` arguments that give ``lay``."""
+    return dict(axis=lay.axis, group_size=lay.group_size, group_axis=lay.group_axis)
+
+
+def _quantized(w, lay, scale=None, *, bits, symmetric):
+    """``w`` fake-quantized in layout ``lay``: its own range, or LSQ with ``scale``."""
+    if scale is None:
+        return quant.fake_quant(w, bits, symmetric=symmetric, **_layout_args(lay))
+    return quant.lsq_fake_quant(w, scale, bits, **_layout_args(lay))

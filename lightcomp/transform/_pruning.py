@@ -187,14 +187,7 @@ def pruning(
         if begin_step == 0 and not score_fn.needs_grads:
             s0 = target(jnp.zeros((), jnp.int32))
             return PruningState(compute(params, None, s0, leaf_axes), s0, fp)
-        # the masks come later: check now, on shapes alone, that they can be computed
-        shapes = tree.map_selected(
-            lambda w: jax.ShapeDtypeStruct(w.shape, jnp.float32),
-            params,
-            select=rule,
-            unselected="none",
-        )
-        jax.eval_shape(lambda sc, s: masks_of(sc, s, leaf_axes), shapes, jnp.zeros(()))
+        _check_computable(params, rule, lambda sc, s: masks_of(sc, s, leaf_axes))
         ones = tree.map_selected(
             lambda w: jnp.ones(w.shape, bool), params, select=rule, unselected="none"
         )
@@ -225,6 +218,18 @@ def pruning(
         return state.replace(masks=masks, sparsity=jnp.where(due, s, state.sparsity))
 
     return Transform(init, apply, update)
+
+
+def _check_computable(params: PyTree, rule: tree.Select, masks_fn) -> None:
+    """Masks computed later (``begin_step > 0``, gradient scores): check now, on shapes
+    alone, that they can be (a granularity that cannot tile a leaf raises, naming it)."""
+    shapes = tree.map_selected(
+        lambda w: jax.ShapeDtypeStruct(w.shape, jnp.float32),
+        params,
+        select=rule,
+        unselected="none",
+    )
+    jax.eval_shape(masks_fn, shapes, jnp.zeros(()))
 
 
 def masks_of(comp_state: PyTree) -> PyTree | None:

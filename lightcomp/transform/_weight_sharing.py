@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -89,42 +90,27 @@ def weight_sharing(
     preserve_zeros = _checks.check_bool(preserve_zeros, "preserve_zeros")
     recluster_every = _checks.check_opt_int(recluster_every, "recluster_every", lo=1)
     iters = _checks.check_opt_int(iters, "iters", lo=1)
-    if isinstance(axis, (tuple, list)):
-        axis = tuple(_checks.check_int(a, "axis") for a in axis)
-    elif axis is not None:
-        _checks.check_int(axis, "axis")
+    axis = _axes.check_axis(axis)
     _checks.check_choice(init, cluster.INITS, "init")
     rule = tree.as_select(select)
     opts = _axes.options(axes, stacked)
     # the codebook axes resolved at each leaf join this in the state's fingerprint (`_axes`)
     config = fingerprint("weight_sharing", k=k, preserve_zeros=preserve_zeros)
-    kmeans_kw = {} if iters is None else {"iters": iters}
-
-    def codebook_axes(path, w, ax):
-        """Axes with their own codebook: the layer axes and ``axis``, non-negative, sorted."""
-        given = axis if isinstance(axis, tuple) else (() if axis is None else (axis,))
-        own = {_checks.norm_axis(a, w.ndim, path=path) for a in given}
-        return tuple(sorted(own | set(ax.stacked)))
+    cluster_leaf = functools.partial(
+        _cluster_leaf, k=k, init=init, preserve_zeros=preserve_zeros, iters=iters
+    )
 
     def resolved(params):
         leaf_axes = _axes.resolve(params, rule, opts)
         kept = tree.map_selected(
-            codebook_axes, params, leaf_axes, select=rule, unselected="none", with_path=True
+            lambda path, w, ax: _axes.with_layers(axis, ax, path, w.ndim),
+            params,
+            leaf_axes,
+            select=rule,
+            unselected="none",
+            with_path=True,
         )
         return kept, _axes.with_digest(config, _axes.digest(params, rule, kept))
-
-    def cluster_leaf(path, w, kept, key, warm=None):
-        c, a = cluster.kmeans(
-            w,
-            k,
-            init=init if warm is None else warm,
-            key=key,
-            preserve_zeros=preserve_zeros,
-            axis=kept or None,
-            name=path,
-            **kmeans_kw,
-        )
-        return c.astype(jnp.float32), a
 
     def check(params, state):
         kept, expected = resolved(params)
@@ -159,13 +145,7 @@ def weight_sharing(
 
     def apply(params, state):
         kept = check(params, state)
-
-        def one(w, ax, c, a):
-            y = cluster.share(c, a, axis=ax or None, preserve_zeros=preserve_zeros, dtype=w.dtype)
-            if preserve_zeros:  # also zeros pruned after the last re-clustering
-                y = jnp.where(w == 0, jnp.zeros((), w.dtype), y)
-            return quant.straight_through(w, y)
-
+        one = functools.partial(_shared, preserve_zeros=preserve_zeros)
         return tree.map_selected(
             one, params, kept, state.centroids.value, state.assignments, select=rule
         )
@@ -199,3 +179,26 @@ def weight_sharing(
         return state.replace(centroids=centroids, assignments=codes)
 
     return Transform(init_fn, apply, update)
+
+
+def _cluster_leaf(path, w, kept, key, warm=None, *, k, init, preserve_zeros, iters):
+    """k-means of leaf ``w`` with a codebook per index of the ``kept`` axes (float32)."""
+    c, a = cluster.kmeans(
+        w,
+        k,
+        init=init if warm is None else warm,
+        key=key,
+        preserve_zeros=preserve_zeros,
+        axis=kept or None,
+        name=path,
+        **({} if iters is None else {"iters": iters}),
+    )
+    return c.astype(jnp.float32), a
+
+
+def _shared(w, kept, c, a, *, preserve_zeros):
+    """The shared weights of leaf ``w`` (its dtype), straight-through to ``w``."""
+    y = cluster.share(c, a, axis=kept or None, preserve_zeros=preserve_zeros, dtype=w.dtype)
+    if preserve_zeros:  # also zeros pruned after the last re-clustering
+        y = jnp.where(w == 0, jnp.zeros((), w.dtype), y)
+    return quant.straight_through(w, y)

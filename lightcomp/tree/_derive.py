@@ -316,9 +316,7 @@ def resolve_axes(params: PyTree, select: SelectLike, opts: AxesOptions) -> PyTre
     """
     rule = as_select(select)
     leaves, treedef = jax.tree.flatten(params)
-    specs = tuple(
-        (tuple(x.shape), x.dtype) if is_array_like(x) else (type(x), x) for x in leaves
-    )
+    specs = tuple((tuple(x.shape), x.dtype) if is_array_like(x) else (type(x), x) for x in leaves)
     try:
         flat = _resolved(treedef, specs, rule, opts)
     except TypeError as e:
@@ -330,9 +328,7 @@ def resolve_axes(params: PyTree, select: SelectLike, opts: AxesOptions) -> PyTre
 
 @functools.lru_cache(maxsize=256)
 def _resolved(treedef, specs, rule, opts) -> tuple[Axes | None, ...]:
-    shapes = [
-        jax.ShapeDtypeStruct(s[0], s[1]) if isinstance(s[0], tuple) else s[1] for s in specs
-    ]
+    shapes = [jax.ShapeDtypeStruct(s[0], s[1]) if isinstance(s[0], tuple) else s[1] for s in specs]
     return _resolve_flat(jax.tree.unflatten(treedef, shapes), rule, opts)
 
 
