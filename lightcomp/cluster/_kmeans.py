@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -172,24 +173,40 @@ def _fit_row(x, key, init_c, *, k, init, iters, tol, preserve_zeros):
     return c, codes.astype(index_dtype(k)), steps, done, err
 
 
-@functools.partial(jax.jit, static_argnames=("k", "init", "iters", "preserve_zeros", "axis"))
-def _fit(x, key, init_c, tol, *, k, init, iters, preserve_zeros, axis):
-    """`_fit_row` of the flat ``x`` (``axis`` None) or of each slice along ``axis`` (vmapped)."""
+@functools.partial(jax.jit, static_argnames=("k", "init", "iters", "preserve_zeros", "axes"))
+def _fit(x, key, init_c, tol, *, k, init, iters, preserve_zeros, axes):
+    """`_fit_row` of the flat ``x`` (no ``axes``) or of each slice along ``axes`` (vmapped).
+
+    With ``axes``, every combination of their indices is one row: centroids ``[*sizes, k]``.
+    """
     fit = functools.partial(
         _fit_row, k=k, init=init, iters=iters, tol=tol, preserve_zeros=preserve_zeros
     )
-    if axis is None:
+    if not axes:
         c, codes, steps, done, err = fit(x.reshape(-1), key, init_c)
         return c, codes.reshape(x.shape), KMeansInfo(steps, done, err)
-    moved = jnp.moveaxis(x, axis, 0)
-    rows = moved.reshape(moved.shape[0], -1)
+    front = tuple(range(len(axes)))
+    moved = jnp.moveaxis(x, axes, front)
+    sizes = moved.shape[: len(axes)]
+    rows = moved.reshape(math.prod(sizes), -1)
     keys = jax.random.split(key, rows.shape[0])
     if init_c is None:
         c, codes, steps, done, err = jax.vmap(lambda r, kk: fit(r, kk, None))(rows, keys)
     else:
-        c, codes, steps, done, err = jax.vmap(fit)(rows, keys, init_c)
-    codes = jnp.moveaxis(codes.reshape(moved.shape), 0, axis)
-    return c, codes, KMeansInfo(jnp.max(steps), jnp.all(done), jnp.sum(err))
+        c, codes, steps, done, err = jax.vmap(fit)(rows, keys, init_c.reshape(rows.shape[0], k))
+    codes = jnp.moveaxis(codes.reshape(moved.shape), front, axes)
+    return c.reshape((*sizes, k)), codes, KMeansInfo(jnp.max(steps), jnp.all(done), jnp.sum(err))
+
+
+def kept_axes(axis: Any, ndim: int, path: str | None = None) -> tuple[int, ...]:
+    """``axis`` (None, an int or a tuple of ints) -> non-negative kept axes, increasing."""
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(norm_axis(a, ndim, path=path) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"axis{at(path)} {tuple(axis)} names an axis twice")
+        return tuple(sorted(axes))
+    ax = norm_axis(axis, ndim, path=path)
+    return () if ax is None else (ax,)
 
 
 def _distinct_counts(rows: np.ndarray, preserve_zeros: bool) -> np.ndarray:
@@ -201,13 +218,15 @@ def _distinct_counts(rows: np.ndarray, preserve_zeros: bool) -> np.ndarray:
     return new.sum(axis=1)
 
 
-def _check_distinct(x, ax, k_fit: int, preserve_zeros: bool, path: str | None) -> None:
+def _check_distinct(x, axes, k_fit: int, preserve_zeros: bool, path: str | None) -> None:
     """Concrete ``x`` must have at least ``k_fit`` distinct (non-zero) values per row."""
-    channels = 1 if ax is None else x.shape[ax]
+    sizes = tuple(x.shape[a] for a in axes)
+    channels = math.prod(sizes)
     if is_traced(x) or channels == 0:
         return
     rows = np.asarray(x, np.float32)
-    rows = rows.reshape(1, -1) if ax is None else np.moveaxis(rows, ax, 0).reshape(channels, -1)
+    front = tuple(range(len(axes)))
+    rows = np.moveaxis(rows, axes, front).reshape(channels, -1)
     # A cheap sufficient test on a prefix of each row first; the full count only where it fails.
     head = _distinct_counts(rows[:, : 8 * k_fit], preserve_zeros)
     short = np.flatnonzero(head < k_fit)
@@ -220,7 +239,9 @@ def _check_distinct(x, ax, k_fit: int, preserve_zeros: bool, path: str | None) -
     if bad.size:
         what = "non-zero values" if preserve_zeros else "values"
         k_name = "k - 1" if preserve_zeros else "k"
-        where = f" channel {int(bad[0])} (and {bad.size - 1} more)" if ax is not None else ""
+        index = np.unravel_index(int(bad[0]), sizes)
+        first = int(index[0]) if len(axes) == 1 else tuple(int(i) for i in index)
+        where = f" channel {first} (and {bad.size - 1} more)" if axes else ""
         got = int(full[full < k_fit][0])
         raise ValueError(
             f"x{at(path)}{where} has {got} distinct {what}, fewer than {k_name}={k_fit} "
@@ -228,7 +249,7 @@ def _check_distinct(x, ax, k_fit: int, preserve_zeros: bool, path: str | None) -
         )
 
 
-def _start(init: Any, k: int, ax: int | None, channels: int, key: Any, path: str | None):
+def _start(init: Any, k: int, sizes: tuple[int, ...], key: Any, path: str | None):
     """Checks ``init`` (and ``key``) -> ``(init name, starting centroids or None)``."""
     if key is not None:
         check_key(key)
@@ -240,7 +261,7 @@ def _start(init: Any, k: int, ax: int | None, channels: int, key: Any, path: str
         return init, None
     init = init if hasattr(init, "dtype") else jnp.asarray(init)
     check_floating(init, "init", path=path)
-    want = (k,) if ax is None else (channels, k)
+    want = (*sizes, k)
     if init.shape != want:
         raise ValueError(f"init centroids must have shape {want}, got {init.shape}")
     return "array", init.astype(jnp.float32)
@@ -255,7 +276,7 @@ def kmeans(
     tol: float = 0.0,
     key: jax.Array | None = None,
     preserve_zeros: bool = False,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     name: str = "x",
     with_info: bool = False,
 ):
@@ -275,19 +296,22 @@ def kmeans(
         Compression's choice), ``"kmeans++"`` (greedy D^2 seeding with 2 + log k candidates
         a step, as scikit-learn; on a uniform sample of at most 32768 values), ``"random"``
         (k distinct positions), or an array ``[k]`` (``[channels, k]`` with ``axis``) of
-        starting centroids, e.g. the current ones for a re-cluster step (with
-        ``preserve_zeros``, entry 0, the zero code, is ignored).
+        starting centroids (``[*sizes, k]`` with a tuple ``axis``), e.g. the current ones for
+        a re-cluster step (with ``preserve_zeros``, entry 0, the zero code, is ignored).
       iters: the most Lloyd steps, >= 1.
       tol: stop once no centroid moves more than ``tol * (max - min)``; 0 runs to the fixed point.
       key: PRNG key; required for ``"kmeans++"`` and ``"random"``.
       preserve_zeros: zeros are not clustered: they get code 0, whose centroid is exactly 0.
-      axis: cluster each slice ``x[..., i, ...]`` along this axis (an output channel) alone.
+      axis: cluster each slice ``x[..., i, ...]`` along this axis (an output channel) alone;
+        a tuple: each combination of indices along these axes alone (the layers of a
+        stacked leaf, ``(0,)``, or layers x channels, ``(0, 2)``), in one compilation.
       name: the leaf's name for error messages (e.g. ``"Dense_0/kernel"``).
       with_info: also return a `KMeansInfo`.
 
     Returns:
       ``(centroids, assignments)`` (``+ (info,)`` with ``with_info``): centroids float32 ``[k]``
-      (``[x.shape[axis], k]`` with ``axis``), sorted ascending (from index 1 with
+      (``[x.shape[axis], k]`` with ``axis``, ``[*sizes of the axes, k]`` with a tuple), sorted
+      ascending (from index 1 with
       ``preserve_zeros``); assignments of ``x.shape`` in ``index_dtype(k)``, each value's
       nearest centroid. At convergence each centroid is the mean of its members.
 
@@ -318,24 +342,24 @@ def kmeans(
     k = check_int(k, "k", lo=2 if preserve_zeros else 1)
     iters = check_int(iters, "iters", lo=1)
     tol = check_number(tol, "tol", lo=0.0)
-    ax = norm_axis(axis, x.ndim, path=path)
-    channels = 1 if ax is None else x.shape[ax]
-    per_row = x.size // max(channels, 1)
+    axes = kept_axes(axis, x.ndim, path)
+    sizes = tuple(x.shape[a] for a in axes)
+    per_row = x.size // max(math.prod(sizes), 1)
     k_fit = k - 1 if preserve_zeros else k
     if per_row < k_fit:
-        where = " per channel" if ax is not None else ""
+        where = " per channel" if axes else ""
         raise ValueError(f"k={k} is more than the {per_row} values{where} of x{at(path)}")
-    init, init_c = _start(init, k, ax, channels, key, path)
+    init, init_c = _start(init, k, sizes, key, path)
     check_finite(x, "x", path=path, why="k-means needs finite weights")
-    _check_distinct(x, ax, k_fit, preserve_zeros, path)
+    _check_distinct(x, axes, k_fit, preserve_zeros, path)
     if key is None:
         key = jax.random.key(0)  # not used by the deterministic inits; one traced signature
     # float32 and (without axis) flat before the jitted fit: one compilation per size, not per
     # shape and dtype.
     x32 = x.astype(jnp.float32)
     c, codes, info = _fit(
-        x32 if ax is not None else x32.reshape(-1), key, init_c, jnp.float32(tol),
-        k=k, init=init, iters=iters, preserve_zeros=preserve_zeros, axis=ax,
+        x32 if axes else x32.reshape(-1), key, init_c, jnp.float32(tol),
+        k=k, init=init, iters=iters, preserve_zeros=preserve_zeros, axes=axes,
     )  # fmt: skip
     codes = codes.reshape(x.shape)
     return (c, codes, info) if with_info else (c, codes)
@@ -349,7 +373,7 @@ def kmeans_tree(
     Args:
       params: a pytree of arrays.
       k: number of codes per leaf (per channel with ``axis``).
-      select: which leaves; default `lightcomp.tree.default_rule` (float, ``ndim >= 2``).
+      select: which leaves; default by role (`lightcomp.tree.default_rule`).
       **kwargs: keywords of `kmeans` (``init``, ``preserve_zeros``, ``axis``, ...). A
         ``key`` is split over the selected leaves in flattening order.
 

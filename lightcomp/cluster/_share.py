@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lightcomp._checks import check_bool, check_choice, check_floating, is_traced, norm_axis
+from lightcomp._checks import check_bool, check_choice, check_floating, is_traced
+from lightcomp.cluster._kmeans import kept_axes
 
 _REDUCES = ("sum", "mean")
 
@@ -21,7 +22,7 @@ def share(
     centroids: jax.Array,
     assignments: jax.Array,
     *,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     reduce: str = "sum",
     preserve_zeros: bool = False,
     dtype: Any = None,
@@ -34,9 +35,11 @@ def share(
     ``1 / members`` with a stop-gradient identity, not a hand-written gradient.
 
     Args:
-      centroids: float ``[k]``, or ``[channels, k]`` with ``axis``.
+      centroids: float ``[k]``, ``[channels, k]`` with ``axis``, or ``[*sizes, k]`` with a
+        tuple ``axis`` (one codebook per combination of indices, as `kmeans` returns).
       assignments: unsigned integer codes, any shape (``shape[axis] == channels`` with ``axis``).
-      axis: the axis of ``assignments`` whose slices use their own row of ``centroids``.
+      axis: the axis (or tuple of axes) of ``assignments`` whose slices use their own row
+        of ``centroids``.
       reduce: ``"sum"`` or ``"mean"`` of the members' gradients.
       preserve_zeros: code 0 is the zero code (as from ``kmeans(..., preserve_zeros=True)``):
         it gives exactly 0 and centroid 0 gets no gradient, so a pruning mask survives
@@ -66,12 +69,10 @@ def share(
     if not hasattr(assignments, "dtype") or not jnp.issubdtype(assignments.dtype, jnp.integer):
         got = getattr(assignments, "dtype", type(assignments).__name__)
         raise TypeError(f"assignments must be an integer array, got {got}")
-    ax = norm_axis(axis, assignments.ndim)
-    want_ndim = 1 if ax is None else 2
-    if centroids.ndim != want_ndim or (
-        ax is not None and centroids.shape[0] != assignments.shape[ax]
-    ):
-        want = "[k]" if ax is None else f"[{assignments.shape[ax]}, k]"
+    axes = kept_axes(axis, assignments.ndim)
+    sizes = tuple(assignments.shape[a] for a in axes)
+    if tuple(centroids.shape[:-1]) != sizes or centroids.ndim != len(axes) + 1:
+        want = "[k]" if not axes else f"[{', '.join(map(str, sizes))}, k]"
         raise ValueError(f"centroids must have shape {want}, got {centroids.shape}")
     k = centroids.shape[-1]
     if not is_traced(assignments) and assignments.size:
@@ -80,10 +81,13 @@ def share(
             raise ValueError(f"assignments hold code {top}, but there are only k={k} centroids")
     out_dtype = centroids.dtype if dtype is None else jnp.dtype(dtype)
     codes = assignments.astype(jnp.int32)
-    if ax is None:
+    front = tuple(range(len(axes)))
+    if not axes:
         flat_c, flat_i = centroids, codes
     else:
-        moved = jnp.moveaxis(codes, ax, 0)
+        moved = jnp.moveaxis(codes, axes, front).reshape(
+            (-1, *[d for i, d in enumerate(codes.shape) if i not in axes])
+        )
         offs = (jnp.arange(moved.shape[0], dtype=jnp.int32) * k).reshape(
             (-1,) + (1,) * (moved.ndim - 1)
         )
@@ -94,10 +98,10 @@ def share(
         flat_c = frozen + (flat_c - frozen) / jnp.maximum(counts, 1).astype(flat_c.dtype)
     out = flat_c[flat_i]
     if preserve_zeros:
-        zero_code = flat_i % k == 0 if ax is not None else flat_i == 0
+        zero_code = flat_i % k == 0 if axes else flat_i == 0
         out = jnp.where(zero_code, jnp.zeros((), out.dtype), out)
-    if ax is not None:
-        out = jnp.moveaxis(out, 0, ax)
+    if axes:
+        out = jnp.moveaxis(out.reshape((*sizes, *out.shape[1:])), front, axes)
     return out.astype(out_dtype)
 
 
@@ -106,7 +110,7 @@ def inertia(
     centroids: jax.Array,
     assignments: jax.Array,
     *,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     preserve_zeros: bool = False,
 ) -> jax.Array:
     """Sum of squared differences between ``x`` and its shared version (float32 scalar).

@@ -7,13 +7,17 @@ bit; `grid_candidates` stores them (scales, then the integers with one tensor-wi
 offset or a zero point per group, each integer stream at its own best coder).
 
 Granularities (JSON specs): ``{"kind": "tensor"}``; ``{"kind": "axis", "axis": a}``
-(one scale per index of axis ``a``); ``{"kind": "group", "gaxis": g, "size": s,
-"axis": a or None}`` (one scale per ``s`` consecutive indices of axis ``g``, and per
-index of axis ``a`` when given).
+(one scale per index of axis ``a``); ``{"kind": "axes", "axes": [a, b, ...]}`` (one scale
+per combination of indices of these axes: heads x head_dim, layers x output units);
+``{"kind": "group", "gaxis": g, "size": s, "axis": a or None}`` (one scale per ``s``
+consecutive indices of axis ``g``, and per index of axis ``a`` when given; ``"axes":
+[...]`` in place of ``"axis"``: per combination of those).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator
 
 import ml_dtypes
@@ -38,12 +42,16 @@ def group_ids(idx: np.ndarray, shape: tuple[int, ...], gran: dict) -> tuple[np.n
 
     if gran["kind"] == "axis":
         return coord(gran["axis"]), shape[gran["axis"]]
-    ga, size = gran["gaxis"], gran["size"]
-    ngroups = shape[ga] // size
-    gid = coord(ga) // size
-    if gran.get("axis") is None:
-        return gid, ngroups
-    return gid * shape[gran["axis"]] + coord(gran["axis"]), ngroups * shape[gran["axis"]]
+    if gran["kind"] == "axes":
+        gid, ngroups = np.zeros(idx.shape, np.int64), 1
+    else:
+        ga, size = gran["gaxis"], gran["size"]
+        ngroups = shape[ga] // size
+        gid = coord(ga) // size
+    kept = gran["axes"] if "axes" in gran else [] if gran["axis"] is None else [gran["axis"]]
+    for a in kept:  # row-major over (group, *kept)
+        gid, ngroups = gid * shape[a] + coord(a), ngroups * shape[a]
+    return gid, ngroups
 
 
 def grid_groups(shape: tuple[int, ...], gran: dict) -> int:
@@ -75,13 +83,20 @@ def grid_groups(shape: tuple[int, ...], gran: dict) -> int:
 def granularities(shape: tuple[int, ...]) -> list[dict]:
     """The granularities tried for a leaf ``shape``, coarsest first.
 
-    Per tensor; per index of each axis longer than 1, last axis first; for rank >= 2,
-    groups of ``2**i`` (4096 down to 2, dividing and shorter than the axis) along the
-    second-to-last axis and then axis 0, per output channel (last axis) or not.
+    Per tensor; per index of each axis longer than 1, last axis first; for rank >= 3, per
+    combination of 2 to rank - 1 such axes, fewest scales first (the output units of an
+    attention kernel, the layers x units of a stacked one); for rank >= 2, groups of
+    ``2**i`` (4096 down to 2, dividing and shorter than the axis) along the second-to-last
+    axis and then axis 0, per output channel (last axis) or not, and for rank >= 3 also per
+    layer (axis 0) and output channel.
     """
     out: list[dict] = [{"kind": "tensor"}]
     nd = len(shape)
-    out += [{"kind": "axis", "axis": a} for a in range(nd - 1, -1, -1) if shape[a] > 1]
+    long = [a for a in range(nd) if shape[a] > 1]
+    out += [{"kind": "axis", "axis": a} for a in reversed(long)]
+    combos = [c for r in range(2, nd) for c in itertools.combinations(long, r)]
+    combos.sort(key=lambda c: math.prod(shape[a] for a in c))  # stable: ties in order
+    out += [{"kind": "axes", "axes": list(c)} for c in combos]
     if nd >= 2:
         for ga in (nd - 2, 0) if nd > 2 else (0,):
             sizes = [2**i for i in range(12, 0, -1) if shape[ga] % 2**i == 0 and 2**i < shape[ga]]
@@ -89,6 +104,8 @@ def granularities(shape: tuple[int, ...]) -> list[dict]:
                 out += [
                     {"kind": "group", "gaxis": ga, "size": size, "axis": a} for a in (nd - 1, None)
                 ]
+                if nd > 2 and ga != 0:
+                    out.append({"kind": "group", "gaxis": ga, "size": size, "axes": [0, nd - 1]})
     return out
 
 

@@ -31,7 +31,12 @@ def describe(enc: dict) -> str:
         out.append(f"book{v['k']}/{ints(v['s'])}")
     else:
         g = v["g"]
-        gd = {"tensor": "tensor", "axis": f"axis{g.get('axis')}", "group": f"group{g.get('size')}"}
+        gd = {
+            "tensor": "tensor",
+            "axis": f"axis{g.get('axis')}",
+            "axes": "axes" + ",".join(map(str, g.get("axes", ()))),
+            "group": f"group{g.get('size')}",
+        }
         out.append(f"grid {gd[g['kind']]}{'+zp' if 'z' in v else ''}/{ints(v['s'])}")
     if enc.get("negz") is not None:
         out.append("-0")

@@ -3,8 +3,9 @@ mask-preserving optimizers and dynamic sparse training.
 
 Everything works on parameter pytrees (a linen ``params`` dict, an ``nnx.State``, any
 pytree of arrays). Trees that mirror the parameters (scores, masks, per-leaf sparsities,
-input norms) hold ``None`` at leaves that are not selected (by default: floating arrays
-with ``ndim >= 2``, see `lightcomp.tree`). The algorithm is its score (`as_score`): every
+input norms) hold ``None`` at leaves that are not selected (by default: Flax kernels and
+embeddings by name, or floating arrays with ``ndim >= 2`` in a tree without Flax names;
+see `lightcomp.tree`). The algorithm is its score (`as_score`): every
 score feeds the one `masks` function, whose counts are exact (ties broken by index) and
 which works under ``jax.jit`` with a traced sparsity. The structure of sparsity is a
 value: `Element`, `Channel`, `Block`, `NM`.
@@ -12,8 +13,11 @@ value: `Element`, `Channel`, `Block`, `NM`.
 Conventions:
   * ``sparsity`` is the fraction of selected weights set to zero; the lowest scores go
     first.
-  * Flax kernels are ``(in, out)`` (Dense) or ``(h, w, in, out)`` (Conv): the output
-    channel is the last axis, the input axis is ``-2``.
+  * Which axes of a leaf are layers of a scanned stack, inputs and outputs comes from
+    `lightcomp.tree.axes` (Dense ``(in, out)``, Conv ``(h, w, in, out)``, attention
+    ``(embed, heads, head_dim)`` / ``(heads, head_dim, embed)``, ``[layers, ...]`` stacks);
+    every slice of a stacked leaf is its own layer, n:m groups run along the last input
+    axis.
   * Scores and statistics are float32; masks are ``bool`` arrays of the leaf's shape;
     `apply_masks` and `zero_pruned` keep each leaf's dtype.
 """

@@ -6,28 +6,37 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lightcomp import tree as lt
 from lightcomp._checks import check_number
+from lightcomp.prune._masks import leaf_axes_of
 
 PyTree = Any
 
 
 def erk(
-    params: PyTree, sparsity: float, *, select: lt.SelectLike = None, power: float = 1.0
+    params: PyTree,
+    sparsity: float,
+    *,
+    select: lt.SelectLike = None,
+    power: float = 1.0,
+    axes: PyTree | None = None,
 ) -> PyTree:
     """Erdős–Rényi-Kernel per-layer sparsities whose weighted mean is ``sparsity``.
 
     A layer's density is proportional to ``sum(shape) / prod(shape)`` (raised to
     ``power``), so small layers stay denser; layers that would exceed density 1 are kept
-    dense and the rest rescaled, as in RigL's implementation.
+    dense and the rest rescaled, as in RigL's implementation. A stacked leaf's layers are
+    its slices: the ratio reads one slice's shape (the leaf without its layer axes).
 
     Args:
       params: parameter pytree (only shapes are read).
       sparsity: overall fraction of selected weights to prune, in [0, 1) (concrete).
       select: which leaves.
       power: exponent on the ERK ratio (1.0 = ERK).
+      axes: a tree of `lightcomp.tree.Axes` (None: `lightcomp.tree.axes` of ``params``).
 
     Returns:
       A tree mirroring params with a Python float sparsity at each selected leaf, None
@@ -51,8 +60,20 @@ def erk(
     check_number(power, "power")
     flags = jax.tree.leaves(lt.selection(params, select, require_any=True))
     shapes = [tuple(w.shape) for w, f in zip(jax.tree.leaves(params), flags, strict=True) if f]
+    chosen = lt.map_selected(
+        lambda w: jax.ShapeDtypeStruct(w.shape, jnp.float32),
+        params,
+        select=select,
+        unselected="none",
+    )
+    given = lt.axes(params, select) if axes is None else axes
+    stacked = [ax.stacked for ax in leaf_axes_of(chosen, given)]
+    slices = [
+        tuple(d for a, d in enumerate(s) if a not in st)
+        for s, st in zip(shapes, stacked, strict=True)
+    ]
     sizes = np.array([math.prod(s) for s in shapes], np.float64)
-    raw = np.array([(sum(s) / math.prod(s)) ** power for s in shapes], np.float64)
+    raw = np.array([(sum(s) / math.prod(s)) ** power for s in slices], np.float64)
     dense = np.zeros(len(shapes), bool)
     target = (1.0 - sparsity) * sizes.sum()
     density = np.ones(len(shapes))

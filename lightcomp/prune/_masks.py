@@ -1,14 +1,16 @@
 """One `masks` function for every score, scope and granularity; `apply_masks`.
 
 Masks are bool trees mirroring the scores (True = kept, None where a leaf is not
-selected). Counts are exact: ``round(sparsity * size)`` weights per leaf (``"layer"``),
-over all leaves (``"global"``) or per output channel (``"output"``), ties broken by
-index, and a traced sparsity (a schedule's value under ``jit``) never recompiles.
+selected). Counts are exact: ``round(sparsity * size)`` weights per slice of each leaf
+(``"layer"``; a leaf without layer axes is one slice), over all leaves (``"global"``) or
+per output unit (``"output"``), ties broken by index, and a traced sparsity (a
+schedule's value under ``jit``) never recompiles. Where a leaf's structure matters
+(layer axes, output units, the input axis of n:m groups and blocks) it comes from the
+leaf's `lightcomp.tree.Axes`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -18,9 +20,9 @@ import numpy as np
 
 from lightcomp import tree as lt
 from lightcomp._checks import check_bool, check_choice, check_fraction, is_traced
-from lightcomp.prune._granularity import NM, Block, Channel, Element, Granularity, as_granularity
+from lightcomp.prune._granularity import NM, Block, Element, Granularity, as_granularity
+from lightcomp.prune._keep import Plan, global_keep, layer_keep, nm_masks, output_keep, plan
 from lightcomp.prune._optax import zero_pruned
-from lightcomp.prune._ranking import lowest_k, lowest_units, nm_keep
 
 PyTree = Any
 _SCOPES = ("layer", "global", "output")
@@ -36,6 +38,7 @@ def masks(
     m: int | None = None,
     block: int | tuple[int, int] | None = None,
     keep_one: bool = False,
+    axes: PyTree | None = None,
 ) -> PyTree:
     """Boolean keep-masks from importance scores: the lowest scores are pruned.
 
@@ -47,21 +50,29 @@ def masks(
         with ``scope="global"`` and ``keep_one=True``. An n:m granularity fixes the
         sparsity at ``(m - n) / m``: pass that value, None, or 0 (no pruning; a
         schedule's warm-up).
-      scope: ``"layer"``: each leaf loses exactly ``round(s * size)`` weights (structured
-        units: as many whole units as fit in that count); ``"global"``: one threshold over
-        all selected leaves, the lowest ``round(s * total)`` weights go; ``"output"``:
-        each output channel (last axis) of each leaf loses ``round(s * fan_in)`` weights
-        (Wanda's per-output comparison; element granularity only).
+      scope: ``"layer"``: each slice of each leaf (a stacked leaf's layer; the whole leaf
+        otherwise) loses exactly ``round(s * slice size)`` weights (structured units: as
+        many whole units as fit in that count); ``"global"``: one threshold over all
+        selected leaves and slices, the lowest ``round(s * total)`` weights go;
+        ``"output"``: each output unit of each slice loses ``round(s * fan_in)`` of its
+        inputs (Wanda's per-output comparison; element granularity only).
       granularity: `Element()` (``"element"``); `Channel()` (``"channel"``: whole output
-        channels scored by the L2 norm of their scores); `Block(rows, cols)`
-        (``"block"`` with ``block``: tiles of the last two axes, L2 norm); `NM(n, m)`
+        units, all output axes together, scored by the L2 norm of their scores);
+        `Block(rows, cols)` (``"block"`` with ``block``: tiles with rows along the last
+        input axis and columns along the last output axis, L2 norm); `NM(n, m)`
         (``"n:m"`` with ``n`` and ``m``, or ``"2:4"``: ``n`` weights kept in every ``m``
-        consecutive along the input axis ``-2``). See `as_granularity`.
+        consecutive along the last input axis, `lightcomp.tree.Axes.group_axis`). See
+        `as_granularity`.
       n: weights kept per group (``"n:m"`` only).
       m: group size (``"n:m"`` only).
       block: int or ``(rows, cols)`` (``"block"`` only).
-      keep_one: with ``scope="global"``, a leaf that would lose every unit keeps its best
-        one (so no layer is cut off; the total may fall short by that).
+      keep_one: with ``scope="global"``, a slice that would lose every unit keeps its
+        best one (so no layer is cut off; the total may fall short by that).
+      axes: a tree of `lightcomp.tree.Axes` mirroring ``scores`` (from
+        `lightcomp.tree.axes` of the parameters, which sees biases and norms too); None:
+        derived from ``scores`` (their paths and shapes) with `lightcomp.tree.axes`. For
+        a Dense kernel ``[in, out]`` and a Conv kernel ``[..., in, out]`` the masks are
+        those of 0.1.0.
 
     Returns:
       A tree like ``scores``: bool arrays (True = kept) of each leaf's shape, None where
@@ -69,8 +80,10 @@ def masks(
       NaN scores count as the lowest (eagerly they raise).
 
     Raises:
-      ValueError: bad scope / granularity / n / m / block / sparsity, a sparsity tree that
-        does not mirror the scores, non-float or NaN scores (naming the leaf).
+      ValueError: bad scope / granularity / n / m / block / sparsity, a sparsity or axes
+        tree that does not mirror the scores, non-float or NaN scores, a group or tile
+        size that does not divide its axis (naming the leaf and the axis), a leaf whose
+        axes a granularity needs but cannot be derived.
 
     Example:
       >>> scores = {"w": jnp.arange(8.0).reshape(4, 2), "b": None}
@@ -78,6 +91,10 @@ def masks(
       [[False, False], [True, True], [True, True], [True, True]]
       >>> lc.prune.masks(scores, None, granularity=lc.prune.NM(1, 2))["w"].tolist()
       [[False, False], [True, True], [False, False], [True, True]]
+      >>> stacked = {"layers": {"kernel": jnp.arange(16.0).reshape(2, 4, 2)}}
+      >>> mk = lc.prune.masks(stacked, 0.5, axes={"layers": {"kernel": lc.tree.Axes((0,), (1,), (2,))}})
+      >>> (~mk["layers"]["kernel"]).sum(axis=(1, 2)).tolist()  # 4 zeros in each layer
+      [4, 4]
     """
     check_choice(scope, _SCOPES, "scope")
     gran = as_granularity(granularity, n=n, m=m, block=block)
@@ -90,17 +107,24 @@ def masks(
     if not items:
         raise ValueError("scores has no leaves (every leaf is None): nothing to prune")
     for path, score in items:
-        _check_leaf(path, score, gran, scope)
+        _check_values(path, score)
+    leaf_axes = leaf_axes_of(scores, axes)
+    plans = [
+        _checked_plan(path, tuple(score.shape), ax, gran, scope)
+        for (path, score), ax in zip(items, leaf_axes, strict=True)
+    ]
     treedef = jax.tree.structure(scores)
     leaves = [s for _, s in items]
     if isinstance(gran, NM):
-        out = _nm_masks(leaves, sparsity, gran)
+        groups = [ax.group_axis for ax in leaf_axes]
+        out = _nm_masks(leaves, groups, sparsity, gran)
     elif scope == "global":
-        out = _global_masks(leaves, sparsity, gran, keep_one)
+        out = _global_masks(leaves, plans, sparsity, gran, keep_one)
     else:
         per_leaf = _per_leaf_sparsity(sparsity, items)
         out = [
-            _leaf_masks(s, leaf_s, gran, scope) for s, leaf_s in zip(leaves, per_leaf, strict=True)
+            _leaf_masks(s, pl, leaf_s, gran, scope)
+            for s, pl, leaf_s in zip(leaves, plans, per_leaf, strict=True)
         ]
     return jax.tree.unflatten(treedef, out)
 
@@ -134,7 +158,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 # ------------------------------------------------------------------------ checks
 
 
-def _check_leaf(path: str, score: Any, gran: Granularity, scope: str) -> None:
+def _check_values(path: str, score: Any) -> None:
     if not lt.is_floating(score):
         raise ValueError(
             f"scores leaf {path!r} is not floating ({getattr(score, 'dtype', type(score))}); "
@@ -142,18 +166,49 @@ def _check_leaf(path: str, score: Any, gran: Granularity, scope: str) -> None:
         )
     if not is_traced(score) and np.isnan(np.asarray(score, np.float32)).any():
         raise ValueError(f"scores leaf {path!r} contains NaN")
-    shape = tuple(score.shape)
-    if not isinstance(gran, Element) and score.ndim < 2:
-        raise ValueError(f"granularity={gran!r} needs ndim >= 2, scores leaf {path!r} is {shape}")
-    if scope == "output" and score.ndim < 2:
-        raise ValueError(f"scope='output' needs ndim >= 2, leaf {path!r} is {shape}")
-    if isinstance(gran, NM) and shape[-2] % gran.m:
-        raise ValueError(f"m={gran.m} does not divide the input axis (-2) of leaf {path!r} {shape}")
-    if isinstance(gran, Block) and (shape[-2] % gran.rows or shape[-1] % gran.cols):
+
+
+def leaf_axes_of(scores: PyTree, axes: PyTree | None) -> list[lt.Axes]:
+    """The `lightcomp.tree.Axes` of each scores leaf: given (checked) or derived."""
+    if axes is None:
+        return jax.tree.leaves(lt.axes(scores, lambda path, leaf: True))
+    flat = lt.check_mirror(scores, axes, "axes", shapes=False)
+    out = []
+    for (path, score), ax in zip(lt.leaves_with_paths(scores, argname="scores"), flat, strict=True):
+        if not isinstance(ax, lt.Axes):
+            got = "None" if ax is None else type(ax).__name__
+            raise TypeError(
+                f"axes must hold a lightcomp.tree.Axes at scores leaf {path!r}, got {got}"
+            )
+        ax.check(tuple(score.shape), path)
+        out.append(ax)
+    return out
+
+
+def _checked_plan(path: str, shape: tuple, ax: lt.Axes, gran: Granularity, scope: str) -> Plan:
+    """Checks that ``gran`` and ``scope`` can read a leaf of ``shape`` and ``ax``; its `Plan`."""
+    if isinstance(gran, Element) and scope != "output":
+        return plan(shape, ax, gran, scope)
+    what = f"granularity={gran!r}" if not isinstance(gran, Element) else "scope='output'"
+    lt.need_known(ax, path, shape, what)
+    if not ax.inputs or not ax.outputs:
         raise ValueError(
-            f"block=({gran.rows}, {gran.cols}) does not divide the last two axes of leaf "
-            f"{path!r} {shape}"
+            f"{what} needs ndim >= 2 (an input and an output axis besides layer axes); scores "
+            f"leaf {path!r} is {shape} with {ax}"
         )
+    g, o = ax.group_axis, ax.output_axis
+    if isinstance(gran, NM) and shape[g] % gran.m:
+        raise ValueError(
+            f"m={gran.m} does not divide {ax.describe(g, shape)} of leaf {path!r} {shape}"
+        )
+    if isinstance(gran, Block):
+        for size, axis, what in ((gran.rows, g, "rows"), (gran.cols, o, "cols")):
+            if shape[axis] % size:
+                raise ValueError(
+                    f"block=({gran.rows}, {gran.cols}) does not divide "
+                    f"{ax.describe(axis, shape)} (block {what}) of leaf {path!r} {shape}"
+                )
+    return plan(shape, ax, gran, scope)
 
 
 def _check_sparsity(value: Any, *, allow_one: bool = False, path: str | None = None) -> None:
@@ -216,7 +271,7 @@ def _num_to_prune(s: Any, total: int) -> Any:
 # ------------------------------------------------------------------------ per scope
 
 
-def _nm_masks(leaves: list, sparsity: Any, gran: NM) -> list:
+def _nm_masks(leaves: list, groups: list, sparsity: Any, gran: NM) -> list:
     if sparsity is not None and not is_traced(sparsity):
         _check_sparsity(sparsity)
         if float(sparsity) != 0.0 and abs(float(sparsity) - gran.sparsity) > 1e-6:
@@ -226,88 +281,19 @@ def _nm_masks(leaves: list, sparsity: Any, gran: NM) -> list:
                 "or 0 for no pruning)"
             )
     on = jnp.asarray(True) if sparsity is None else jnp.asarray(sparsity) > 0
-    return [_nm_keep(s, on, gran) for s in leaves]
+    return [nm_masks(s, on, gran.n, gran.m, g) for s, g in zip(leaves, groups, strict=True)]
 
 
-def _global_masks(leaves: list, sparsity: Any, gran: Granularity, keep_one: bool) -> list:
+def _global_masks(leaves: list, plans: list, sparsity: Any, gran: Granularity, keep_one: bool):
     _check_not_none(sparsity)
     if not _is_scalar(sparsity):
         raise ValueError("scope='global' needs one scalar sparsity, not a per-leaf tree")
     _check_sparsity(sparsity, allow_one=keep_one)
     total = sum(math.prod(s.shape) for s in leaves)
-    return _global_keep(leaves, _num_to_prune(sparsity, total), gran, keep_one)
+    return global_keep(leaves, _num_to_prune(sparsity, total), tuple(plans), gran, keep_one)
 
 
-def _leaf_masks(score: jax.Array, sparsity: Any, gran: Granularity, scope: str) -> jax.Array:
+def _leaf_masks(score: jax.Array, pl: Plan, sparsity: Any, gran: Granularity, scope: str):
     if scope == "output":
-        return _output_keep(score, _num_to_prune(sparsity, math.prod(score.shape[:-1])))
-    return _layer_keep(score, _num_to_prune(sparsity, math.prod(score.shape)), gran)
-
-
-# ------------------------------------------------------------------------ kernels
-# Jitted so that an eager `masks` call compiles one fused program per leaf shape instead
-# of dispatching a dozen small ops; under an outer jit they are inlined. `k` is a traced
-# int, so a new sparsity never recompiles.
-
-
-def _clean(score: jax.Array) -> jax.Array:
-    return jnp.where(jnp.isnan(score), -jnp.inf, score.astype(jnp.float32))
-
-
-def _units(score: jax.Array, gran: Granularity):
-    """Unit scores (flat float32), unit size (weights per unit) and an expander to leaf shape."""
-    shape = score.shape
-    if isinstance(gran, Element):
-        return score.reshape(-1), 1, lambda u: u.reshape(shape)
-    if isinstance(gran, Channel):
-        c = shape[-1]
-        units = jnp.sqrt(jnp.sum(jnp.square(score.reshape(-1, c)), axis=0))
-        return units, math.prod(shape[:-1]), lambda u: jnp.broadcast_to(u, shape)
-    bi, bo = gran.rows, gran.cols
-    lead, i, o = shape[:-2], shape[-2], shape[-1]
-    blocks = score.reshape((*lead, i // bi, bi, o // bo, bo))
-    units = jnp.sqrt(jnp.sum(jnp.square(blocks), axis=(-3, -1)))
-
-    def expand(u):
-        u = u.reshape((*lead, i // bi, 1, o // bo, 1))
-        return jnp.broadcast_to(u, (*lead, i // bi, bi, o // bo, bo)).reshape(shape)
-
-    return units.reshape(-1), bi * bo, expand
-
-
-@functools.partial(jax.jit, static_argnames=("gran",))
-def _layer_keep(score, k, gran):
-    units, size, expand = _units(_clean(score), gran)
-    # equal-size units: as many whole units as fit in k weights
-    return expand(jnp.logical_not(lowest_k(units, k // size)))
-
-
-@jax.jit
-def _output_keep(score, k):
-    cols = _clean(score).reshape(-1, score.shape[-1])
-    return jnp.logical_not(lowest_k(cols, k, axis=0)).reshape(score.shape)
-
-
-@functools.partial(jax.jit, static_argnames=("gran",))
-def _nm_keep(score, on, gran):
-    return jnp.logical_or(nm_keep(_clean(score), gran.n, gran.m), jnp.logical_not(on))
-
-
-@functools.partial(jax.jit, static_argnames=("gran", "keep_one"))
-def _global_keep(leaves, k, gran, keep_one):
-    parts = [_units(_clean(s), gran) for s in leaves]
-    unit_scores = jnp.concatenate([u for u, _, _ in parts])
-    if isinstance(gran, Element):
-        pruned = lowest_k(unit_scores, k)
-    else:  # units of different sizes across leaves
-        sizes = jnp.concatenate([jnp.full(u.shape, z, jnp.int32) for u, z, _ in parts])
-        pruned = lowest_units(unit_scores, sizes, k)
-    out, start = [], 0
-    for units, _, expand in parts:  # a loop over leaves, not elements
-        p = pruned[start : start + units.shape[0]]
-        start += units.shape[0]
-        if keep_one:
-            best = jnp.argmax(units)
-            p = p.at[best].set(p[best] & ~jnp.all(p))
-        out.append(expand(jnp.logical_not(p)))
-    return out
+        return output_keep(score, _num_to_prune(sparsity, pl.slice_shape[0]), pl)
+    return layer_keep(score, _num_to_prune(sparsity, math.prod(pl.slice_shape)), pl, gran)

@@ -88,18 +88,20 @@ def lowest_units(unit_scores: jax.Array, unit_sizes: jax.Array, k: Any) -> jax.A
     return jnp.zeros(unit_scores.shape, bool).at[order].set(chosen_sorted)
 
 
-def nm_keep(score: jax.Array, n: int, m: int) -> jax.Array:
-    """Keeps the ``n`` best of every ``m`` consecutive weights along the input axis (-2).
+def nm_keep(score: jax.Array, n: int, m: int, axis: int = -2) -> jax.Array:
+    """Keeps the ``n`` best of every ``m`` consecutive weights along ``axis``.
 
     Args:
-      score: float32 ``[..., in, out]`` with ``in`` divisible by ``m``.
+      score: float32 array whose ``axis`` (a kernel's last input axis; -2 for Dense and
+        Conv kernels) is divisible by ``m``.
       n: weights kept per group (static).
       m: group size (static).
+      axis: the axis the groups run along (static).
 
     Returns:
       bool array of ``score``'s shape with exactly ``n`` True per group.
     """
-    moved = jnp.moveaxis(score, -2, -1)  # (..., out, in)
+    moved = jnp.moveaxis(score, axis, -1)  # (..., groups axis last)
     groups = moved.reshape((*moved.shape[:-1], moved.shape[-1] // m, m))
     if m <= 16:
         # small groups: each weight's rank by pairwise comparison inside its group
@@ -111,4 +113,4 @@ def nm_keep(score: jax.Array, n: int, m: int) -> jax.Array:
         keep = (rank >= m - n).reshape(moved.shape)
     else:
         keep = jnp.logical_not(lowest_k(groups, m - n, axis=-1)).reshape(moved.shape)
-    return jnp.moveaxis(keep, -1, -2)
+    return jnp.moveaxis(keep, -1, axis)

@@ -1,7 +1,7 @@
 """Importance scores: the one thing a pruning algorithm decides.
 
 Every score function returns a float32 tree mirroring the parameters, with ``None`` at
-leaves that are not selected (by default: floating arrays with ``ndim >= 2``, see
+leaves that are not selected (by default: Flax kernels and embeddings by name, see
 `lightcomp.tree`). The lowest scores are pruned first by `lightcomp.prune.masks`.
 """
 
@@ -43,7 +43,7 @@ def magnitude(params: PyTree, *, select: lt.SelectLike = None) -> PyTree:
 
     Args:
       params: parameter pytree.
-      select: which leaves; default `lightcomp.tree.default_rule`.
+      select: which leaves; default by role (`lightcomp.tree.default_rule`).
 
     Returns:
       float32 tree, each selected leaf's shape; None at unselected leaves.

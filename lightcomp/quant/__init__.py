@@ -9,10 +9,12 @@ Conventions (fixed by the public contract; round half to even everywhere):
 - asymmetric, unsigned, ``b`` bits: the range ``[min, max]`` is first widened to include 0,
   ``scale = (max - min) / (2**b - 1)``, ``zero_point = round(-min / scale)``,
   ``q = clip(round(x / scale) + zero_point, 0, 2**b - 1)``, ``x_hat = (q - zero_point) * scale``.
-- ``axis`` names the axis that keeps its own scale (Flax kernels: -1, the output channel);
-  ``None`` gives one scale for the whole tensor. With ``group_size``, ``group_size`` consecutive
-  elements along ``group_axis`` (default: the input axis, -2 for a kernel) share a scale. A
-  `Layout` (from `layout`) holds this and every quantizer reads it.
+- ``axis`` names the axis that keeps its own scale (Flax kernels: -1, the output channel),
+  or a tuple of axes whose every combination keeps its own (heads x head_dim of an attention
+  kernel); ``None`` gives one scale for the whole tensor. With ``group_size``, ``group_size``
+  consecutive elements along ``group_axis`` (default: the input axis, -2 for a kernel) share
+  a scale. A `Layout` (from `layout`) holds this and every quantizer reads it. Which axes a
+  Flax leaf's output units and input axis are comes from `lightcomp.tree.axes`.
 - Statistics (ranges, scales, zero points) are float32; a fake-quantized tensor keeps its dtype.
 - A zero range (an all-zero tensor or channel) has ``scale = 0`` and quantizes to exactly 0.
 

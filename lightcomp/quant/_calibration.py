@@ -66,7 +66,7 @@ def minmax_of(x: jax.Array, lay: Layout) -> tuple[jax.Array, jax.Array]:
 
 
 def minmax_range(
-    x: jax.Array, axis: int | None = None, *, group_size=None, group_axis=None
+    x: jax.Array, axis: int | tuple[int, ...] | None = None, *, group_size=None, group_axis=None
 ) -> tuple[jax.Array, jax.Array]:
     """The tensor's own ``(min, max)`` per tensor / channel / group.
 
@@ -86,7 +86,12 @@ def minmax_range(
 
 
 def percentile_range(
-    x: jax.Array, q: float, axis: int | None = None, *, group_size=None, group_axis=None
+    x: jax.Array,
+    q: float,
+    axis: int | tuple[int, ...] | None = None,
+    *,
+    group_size=None,
+    group_axis=None,
 ) -> tuple[jax.Array, jax.Array]:
     """``(percentile(x, 100 - q), percentile(x, q))``: clips the ``100 - q`` % tails on each side.
 
@@ -112,9 +117,9 @@ def mse_range(
     bits: int,
     *,
     symmetric: bool = True,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     group_size: int | None = None,
-    group_axis: int | None = None,
+    group_axis: int | tuple[int, ...] | None = None,
     num_candidates: int = 100,
 ) -> tuple[jax.Array, jax.Array]:
     """The clipping range minimising ``||x - fake_quant(x, range=r)||**2`` per scale.
@@ -205,9 +210,9 @@ def ema_range_update(
     x: jax.Array,
     decay: float = 0.99,
     *,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     group_size: int | None = None,
-    group_axis: int | None = None,
+    group_axis: int | tuple[int, ...] | None = None,
 ) -> EmaRange:
     """``ema = decay * ema + (1 - decay) * batch`` for min and max (a pure update).
 

@@ -63,9 +63,9 @@ def fake_quant(
     bits: int = 8,
     *,
     symmetric: bool = True,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     group_size: int | None = None,
-    group_axis: int | None = None,
+    group_axis: int | tuple[int, ...] | None = None,
     rounding: str = "nearest",
     key: jax.Array | None = None,
     ste: str = "identity",
@@ -77,7 +77,9 @@ def fake_quant(
       x: floating array of any shape (float32, bfloat16, float16).
       bits: integer width, 2..16.
       symmetric: signed narrow range with no zero point; otherwise unsigned with a zero point.
-      axis: the axis that keeps its own scale (-1 for Flax kernels); None: one scale.
+      axis: the axis that keeps its own scale (-1 for Flax kernels), or a tuple of axes whose
+        every combination keeps its own (``(1, 2)``: per head and head_dim of an attention
+        query kernel ``[embed, heads, head_dim]``); None: one scale.
       group_size: ``group_size`` consecutive elements along ``group_axis`` share a scale
         (per output channel if ``axis`` is given); must divide that axis.
       group_axis: the axis split into groups; default -2 (a kernel's input axis), 0 for 1-D.
@@ -85,7 +87,8 @@ def fake_quant(
       key: PRNG key for stochastic rounding.
       ste: ``"identity"`` passes the gradient unchanged; ``"clipped"`` zeroes it where the
         code was clipped to the integer range.
-      range: ``(min, max)``: scalars, ``[x.shape[axis]]`` vectors or scale-shaped arrays,
+      range: ``(min, max)``: scalars, ``[x.shape[axis]]`` vectors (arrays of the kept axes'
+        sizes for a tuple ``axis``) or scale-shaped arrays,
         used instead of the tensor's own min/max (values outside are clipped).
 
     Returns:

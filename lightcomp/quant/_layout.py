@@ -28,8 +28,9 @@ class Layout:
 
     Attributes:
       shape: the tensor's shape.
-      axes: the kept axes (non-negative, increasing), each with its own scale; ``()`` for one
-        scale per tensor. Today at most one axis.
+      axes: the kept axes (non-negative, increasing); every combination of their indices has
+        its own scale (heads x head_dim of an attention kernel); ``()`` for one scale per
+        tensor.
       group_size: consecutive elements along ``group_axis`` sharing a scale, or None.
       group_axis: the (non-negative) axis split into groups; None without ``group_size``.
     """
@@ -40,9 +41,12 @@ class Layout:
     group_axis: int | None = None
 
     @property
-    def axis(self) -> int | None:
-        """The kept axis, or None for one scale per tensor (or per group)."""
-        return self.axes[0] if self.axes else None
+    def axis(self) -> int | tuple[int, ...] | None:
+        """The ``axis`` argument of `layout` that gives these axes: an int for one kept axis,
+        a tuple for several, None for one scale per tensor (or per group)."""
+        if not self.axes:
+            return None
+        return self.axes[0] if len(self.axes) == 1 else self.axes
 
     @property
     def per_tensor(self) -> bool:
@@ -107,9 +111,20 @@ class Layout:
         return jnp.broadcast_to(s, self.view_scale_shape).reshape(self.scale_shape)
 
 
+def _kept_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    """``axis`` (None, an int or a tuple of ints) -> the kept axes, non-negative, increasing."""
+    if isinstance(axis, (tuple, list)):
+        axes = tuple(norm_axis(a, ndim) for a in axis)
+        if len(set(axes)) != len(axes):
+            raise ValueError(f"axis {tuple(axis)} names an axis twice (rank {ndim})")
+        return tuple(sorted(axes))
+    ax = norm_axis(axis, ndim)
+    return () if ax is None else (ax,)
+
+
 def layout(
     shape: Any,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     group_size: int | None = None,
     group_axis: int | None = None,
 ) -> Layout:
@@ -117,7 +132,9 @@ def layout(
 
     Args:
       shape: the tensor's shape (a sequence of ints).
-      axis: the axis that keeps its own scale (-1 for Flax kernels); None: one scale.
+      axis: the axis that keeps its own scale (-1 for Flax kernels), or a tuple of axes
+        whose every combination keeps its own (``(1, 2)``: per head and head_dim of an
+        attention query kernel ``[embed, heads, head_dim]``); None: one scale.
       group_size: ``group_size`` consecutive elements along ``group_axis`` share a scale
         (per ``axis`` entry if ``axis`` is given); must divide that axis.
       group_axis: the axis split into groups; default -2 (a kernel's input axis), 0 for a
@@ -127,19 +144,20 @@ def layout(
       A frozen, hashable `Layout`.
 
     Raises:
-      ValueError / TypeError: an axis out of range or not an int, a ``group_size`` that is
-        not a positive int dividing its axis, ``group_axis`` without ``group_size`` or equal
-        to ``axis``.
+      ValueError / TypeError: an axis out of range, repeated or not an int, a ``group_size``
+        that is not a positive int dividing its axis, ``group_axis`` without ``group_size``
+        or one of the kept axes.
 
     Example:
       >>> lay = lc.quant.layout((64, 32), axis=-1, group_size=16)
       >>> lay.view_shape, lay.scale_shape, lay.reduce_axes
       ((4, 16, 32), (4, 32), (1,))
+      >>> lc.quant.layout((8, 2, 4), axis=(1, 2)).scale_shape  # per head and head_dim
+      (1, 2, 4)
     """
     shape = tuple(check_int(d, "shape", lo=0) for d in shape)
     ndim = len(shape)
-    ax = norm_axis(axis, ndim)
-    axes = () if ax is None else (ax,)
+    axes = _kept_axes(axis, ndim)
     if group_size is None:
         if group_axis is not None:
             raise ValueError("group_axis is only meaningful with group_size")
@@ -151,7 +169,7 @@ def layout(
         group_axis = -2 if ndim >= 2 else 0
     gax = norm_axis(group_axis, ndim, "group_axis")
     if gax in axes:
-        raise ValueError(f"group_axis ({group_axis}) must differ from axis ({axis})")
+        raise ValueError(f"group_axis ({group_axis}) must not be a kept axis (axis={axis})")
     n = shape[gax]
     if n % group_size:
         raise ValueError(f"group_size={group_size} does not divide axis {gax} of size {n}")
@@ -161,7 +179,8 @@ def layout(
 def scale_in_view(value: Any, lay: Layout, argname: str) -> jax.Array:
     """A per-scale value given by a user -> broadcastable against ``lay``'s view.
 
-    Accepted: a scalar, a ``[C]`` vector along ``lay.axis`` (rank >= 2), or an array that
+    Accepted: a scalar, a ``[C]`` vector along a single kept axis (rank >= 2), an array of
+    the kept axes' sizes (``[heads, head_dim]`` for ``axis=(1, 2)``), or an array that
     broadcasts to ``lay.scale_shape``. The dtype is kept.
 
     Raises:
@@ -170,11 +189,15 @@ def scale_in_view(value: Any, lay: Layout, argname: str) -> jax.Array:
     v = jnp.asarray(value)
     if v.ndim == 0:
         return v
-    if v.ndim == 1 and lay.axis is not None and len(lay.shape) > 1:
-        c = lay.shape[lay.axis]
-        if v.shape[0] != c:
-            raise ValueError(f"{argname} has {v.shape[0]} entries but axis {lay.axis} has {c}")
-        v = v.reshape(tuple(-1 if i == lay.axis else 1 for i in range(len(lay.shape))))
+    if lay.axes and v.ndim == len(lay.axes) and len(lay.shape) > v.ndim:
+        sizes = tuple(lay.shape[a] for a in lay.axes)
+        if tuple(v.shape) != sizes and len(sizes) == 1:
+            raise ValueError(
+                f"{argname} has {v.shape[0]} entries but axis {lay.axis} has {sizes[0]}"
+            )
+        if tuple(v.shape) != sizes:
+            raise ValueError(f"{argname} has shape {tuple(v.shape)}, axes {lay.axes} have {sizes}")
+        v = v.reshape(tuple(lay.shape[i] if i in lay.axes else 1 for i in range(len(lay.shape))))
     try:
         v = jnp.broadcast_to(v, lay.scale_shape)
     except ValueError as e:

@@ -48,9 +48,9 @@ def lsq_fake_quant(
     bits: int,
     *,
     symmetric: bool = True,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     group_size: int | None = None,
-    group_axis: int | None = None,
+    group_axis: int | tuple[int, ...] | None = None,
     grad_scale: float | None = None,
 ) -> jax.Array:
     """Fake quantization with a learned step size ``scale`` (LSQ).
@@ -71,7 +71,8 @@ def lsq_fake_quant(
         below 1e-8 are treated as 1e-8.
       bits: 2..16.
       symmetric: signed narrow range, or unsigned.
-      axis: the axis that keeps its own step size; None: one per tensor (or per group).
+      axis: the axis (or tuple of axes, every combination its own) that keeps its own step
+        size; None: one per tensor (or per group).
       group_size: ``group_size`` consecutive elements along ``group_axis`` share a step size.
       group_axis: the axis split into groups; default -2 (a kernel's input axis), 0 for 1-D.
       grad_scale: overrides ``g``.
@@ -139,9 +140,9 @@ def lsq_init_scale(
     x: jax.Array,
     bits: int,
     *,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     group_size: int | None = None,
-    group_axis: int | None = None,
+    group_axis: int | tuple[int, ...] | None = None,
     symmetric: bool = True,
 ) -> jax.Array:
     """LSQ's initial step size ``2 * mean|x| / sqrt(Q_P)`` per scale of the layout, float32.

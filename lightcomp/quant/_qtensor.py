@@ -26,7 +26,8 @@ class QTensor:
       scale: float32 scales of `Layout.scale_shape` (``()`` per tensor; the tensor's rank with
         1 on shared axes; ``n_groups`` on the group axis for per-group scales).
       zero_point: codes of 0, values' dtype and scale's shape; None when symmetric.
-      bits, symmetric, axis, group_size, group_axis: the static configuration.
+      bits, symmetric, axis, group_size, group_axis: the static configuration (``axis`` an
+        int for one kept axis, a tuple for several, as `lightcomp.quant.Layout.axis`).
       dtype: the dtype `dequantize` returns (the original tensor's).
     """
 
@@ -35,7 +36,7 @@ class QTensor:
     zero_point: jax.Array | None
     bits: int = dataclasses.field(metadata=dict(static=True))
     symmetric: bool = dataclasses.field(metadata=dict(static=True))
-    axis: int | None = dataclasses.field(metadata=dict(static=True))
+    axis: int | tuple[int, ...] | None = dataclasses.field(metadata=dict(static=True))
     group_size: int | None = dataclasses.field(metadata=dict(static=True))
     group_axis: int | None = dataclasses.field(metadata=dict(static=True))
     dtype: Any = dataclasses.field(metadata=dict(static=True))
@@ -67,9 +68,9 @@ def quantize(
     bits: int = 8,
     *,
     symmetric: bool = True,
-    axis: int | None = None,
+    axis: int | tuple[int, ...] | None = None,
     group_size: int | None = None,
-    group_axis: int | None = None,
+    group_axis: int | tuple[int, ...] | None = None,
     rounding: str = "nearest",
     key: jax.Array | None = None,
     range: Range | None = None,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from lightcomp import _checks, prune, tree
+from lightcomp.transform import _axes
 from lightcomp.transform._base import Transform, check_state, fingerprint
 
 PyTree = Any
@@ -81,6 +82,8 @@ def pruning(
     begin_step: int = 0,
     end_step: int | None = None,
     select: tree.SelectLike = None,
+    axes: dict[str, tree.Axes] | None = None,
+    stacked: Any = None,
 ) -> Transform:
     """Masks the lowest-scoring weights of the selected leaves (they become exactly 0.0).
 
@@ -91,7 +94,10 @@ def pruning(
     ``[begin_step, end_step]``: with ``update_every=None`` whenever the scheduled sparsity
     differs from the masks' (never again for a constant one); with ``update_every=k``
     every ``k`` steps from ``begin_step`` (gradient scores and regrowth need this). The
-    decision is a ``lax.cond`` on the traced step: ``update`` compiles once.
+    decision is a ``lax.cond`` on the traced step: ``update`` compiles once. Each leaf's
+    layer, input and output axes (`lightcomp.tree.axes`, resolved from the params at
+    ``init``) go to `lightcomp.prune.masks`: every slice of a stacked leaf gets the
+    sparsity exactly, and n:m groups run along the true input axis.
 
     Args:
       sparsity_or_schedule: fraction of the selected weights set to zero, in ``[0, 1)``,
@@ -102,8 +108,8 @@ def pruning(
         (``|g|``), ``taylor`` (``|w g|``) or your own ``(params, grads) -> scores`` (float
         arrays shaped like the selected leaves); the names ``"magnitude"``,
         ``"gradient"``, ``"taylor"`` are aliases. Lowest scores go first.
-      scope: ``"layer"`` (each leaf gets the sparsity), ``"global"`` (one threshold over
-        all selected leaves) or ``"output"`` (per output channel).
+      scope: ``"layer"`` (each slice of each leaf gets the sparsity), ``"global"`` (one
+        threshold over all selected leaves) or ``"output"`` (per output unit).
       granularity: ``lightcomp.prune.Element()``, ``Channel()``, ``Block(rows, cols)``,
         ``NM(n, m)``, or the strings ``"element"``, ``"channel"``, ``"block"`` (with
         ``block=``) and ``"n:m"`` (with ``n=``, ``m=``).
@@ -113,13 +119,17 @@ def pruning(
         unless ``begin_step == 0``).
       end_step: last step at which masks may change (None: no end).
       select: which leaves (`lightcomp.tree.as_select`).
+      axes: ``{path_regex: lightcomp.tree.Axes}`` for leaves whose axes cannot be derived
+        (as `lightcomp.tree.axes`'s ``overrides``).
+      stacked: layer axes the tree does not show (as `lightcomp.tree.axes`).
 
     Returns:
       A `Transform` whose state is a `PruningState`.
 
     Raises:
       ValueError / TypeError: bad static configuration (raised here), or at ``init``
-        a selection that picks no leaf or a leaf the granularity cannot tile (naming it).
+        a selection that picks no leaf, or a leaf the granularity cannot tile or whose axes
+        it needs but cannot be derived (naming the leaf and the axis).
 
     References:
       Han et al. 2015, "Learning both Weights and Connections for Efficient Neural
@@ -144,6 +154,8 @@ def pruning(
     if end_step is not None and end_step < begin_step:
         raise ValueError(f"end_step ({end_step}) must be >= begin_step ({begin_step})")
     rule = tree.as_select(select)
+    opts = _axes.options(axes, stacked)
+    # the axes resolved at each leaf join this in the state's fingerprint (`_axes`)
     config = fingerprint("pruning", scope=scope, granularity=gran)
     one_shot = constant and update_every is None and begin_step == 0
     one_shot = one_shot and not score_fn.needs_grads
@@ -151,31 +163,42 @@ def pruning(
     def target(step):
         return jnp.where(step < begin_step, 0.0, schedule(step)).astype(jnp.float32)
 
-    def compute(params, grads, sparsity):
-        scores = score_fn.fn(params, grads, rule)
-        return prune.masks(scores, sparsity, scope=scope, granularity=gran)
+    def masks_of(scores, sparsity, leaf_axes):
+        return prune.masks(scores, sparsity, scope=scope, granularity=gran, axes=leaf_axes)
+
+    def compute(params, grads, sparsity, leaf_axes):
+        return masks_of(score_fn.fn(params, grads, rule), sparsity, leaf_axes)
+
+    def resolved(params):
+        leaf_axes = _axes.resolve(params, rule, opts)
+        return leaf_axes, _axes.with_digest(config, _axes.digest(params, rule, leaf_axes))
 
     def check(params, state):
-        check_state(state, PruningState, config)
-        tree.check_mirror(params, state.masks, "pruning state masks")
+        if isinstance(state, PruningState):  # a tree of another model: name its first path
+            tree.check_mirror(params, state.masks, "pruning state masks")
+        leaf_axes, fp = resolved(params)
+        check_state(state, PruningState, fp)
+        return leaf_axes
 
     def init(params, key):
         del key
         tree.selection(params, rule, require_any=True)
+        leaf_axes, fp = resolved(params)
         if begin_step == 0 and not score_fn.needs_grads:
             s0 = target(jnp.zeros((), jnp.int32))
-            return PruningState(compute(params, None, s0), s0, config)
+            return PruningState(compute(params, None, s0, leaf_axes), s0, fp)
+        _check_computable(params, rule, lambda sc, s: masks_of(sc, s, leaf_axes))
         ones = tree.map_selected(
             lambda w: jnp.ones(w.shape, bool), params, select=rule, unselected="none"
         )
-        return PruningState(ones, jnp.zeros((), jnp.float32), config)
+        return PruningState(ones, jnp.zeros((), jnp.float32), fp)
 
     def apply(params, state):
         check(params, state)
         return prune.zero_pruned(params, state.masks)
 
     def update(params, state, grads, step):
-        check(params, state)
+        leaf_axes = check(params, state)
         if score_fn.needs_grads:
             if grads is None:
                 raise ValueError("pruning with a gradient score needs grads in update")
@@ -191,10 +214,22 @@ def pruning(
             due &= s != state.sparsity
         else:
             due &= (step - begin_step) % update_every == 0
-        masks = jax.lax.cond(due, lambda: compute(params, grads, s), lambda: state.masks)
+        masks = jax.lax.cond(due, lambda: compute(params, grads, s, leaf_axes), lambda: state.masks)
         return state.replace(masks=masks, sparsity=jnp.where(due, s, state.sparsity))
 
     return Transform(init, apply, update)
+
+
+def _check_computable(params: PyTree, rule: tree.Select, masks_fn) -> None:
+    """Masks computed later (``begin_step > 0``, gradient scores): check now, on shapes
+    alone, that they can be (a granularity that cannot tile a leaf raises, naming it)."""
+    shapes = tree.map_selected(
+        lambda w: jax.ShapeDtypeStruct(w.shape, jnp.float32),
+        params,
+        select=rule,
+        unselected="none",
+    )
+    jax.eval_shape(masks_fn, shapes, jnp.zeros(()))
 
 
 def masks_of(comp_state: PyTree) -> PyTree | None:

@@ -149,6 +149,39 @@ def test_per_channel_matches_each_channel_alone():
     np.testing.assert_array_equal(out, np.asarray(c)[np.arange(3), np.asarray(a)])
 
 
+def _slice(x, axis, idx):
+    """The slice of ``x`` at index ``idx`` of its (sorted) ``axis`` tuple."""
+    where = [slice(None)] * x.ndim
+    for a, i in zip(sorted(axis), idx, strict=True):
+        where[a] = i
+    return np.asarray(x)[tuple(where)]
+
+
+def test_slices_of_a_stacked_leaf_each_get_their_codebook():
+    # [layers, in, out], layers of very different scale, one codebook per layer and output
+    # channel (axis (0, 2)): every slice equals its own k-means, all in one compilation
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def fit(w):
+        return cluster.kmeans(w, 5, axis=(2, 0))
+
+    chex.clear_trace_counter()
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        w = rng.standard_normal((2, N, 2)).astype(np.float32)
+        w *= np.array([0.01, 100.0], np.float32)[:, None, None]
+        c, a = fit(w)
+        chex.assert_shape(c, (2, 2, 5))
+        out = cluster.share(c, a, axis=(0, 2))
+        for idx in np.ndindex(2, 2):
+            c1, a1 = cluster.kmeans(np.ascontiguousarray(_slice(w, (0, 2), idx)), 5)
+            np.testing.assert_allclose(c[idx], c1, rtol=1e-6, atol=1e-9)
+            np.testing.assert_array_equal(_slice(a, (0, 2), idx), a1)
+            np.testing.assert_array_equal(_slice(out, (0, 2), idx), np.asarray(c1)[np.asarray(a1)])
+    with pytest.raises(ValueError, match=r"init centroids must have shape \(2, 2, 5\)"):
+        cluster.kmeans(w, 5, axis=(0, 2), init=jnp.zeros((4, 5)))
+
+
 def test_preserve_zeros():
     rng = np.random.default_rng(4)
     w = rng.standard_normal((N // 4, 4)).astype(np.float32)
@@ -294,6 +327,7 @@ def test_kmeans_tree_fits_each_selected_leaf():
         ({"k": 4, "tol": True}, TypeError, "tol must be a number"),
         ({"k": 4, "axis": 1}, ValueError, "axis=1 is out of range"),
         ({"k": 4, "axis": 0.0}, TypeError, "axis must be an int"),
+        ({"k": 4, "axis": (0, 0)}, ValueError, "names an axis twice"),
         ({"k": 1, "preserve_zeros": True}, ValueError, "k must be >= 2"),
         ({"k": 4, "preserve_zeros": "yes"}, TypeError, "preserve_zeros must be True or False"),
     ],
@@ -316,5 +350,9 @@ def test_bad_data():
     cols = np.stack([np.arange(30, dtype=np.float32), np.repeat(np.float32(1.0), 30)], 1)
     with pytest.raises(ValueError, match="channel 1"):
         cluster.kmeans(cols, 4, axis=1)
+    ramp, ones = np.arange(30, dtype=np.float32), np.ones(30, np.float32)
+    stacked = np.stack([np.stack([ramp, ramp]), np.stack([ramp, ones])])  # slice (1, 1) is flat
+    with pytest.raises(ValueError, match=r"'layers/kernel' channel \(1, 1\) \(and 0 more\)"):
+        cluster.kmeans(stacked, 4, axis=(0, 1), name="layers/kernel")
     with pytest.raises(ValueError, match="non-zero values"):
         cluster.kmeans(np.array([0, 0, 1, 2, 0, 1], np.float32), 4, preserve_zeros=True)

@@ -46,13 +46,19 @@ def test_share_per_channel_gradient():
     np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("axis, preserve_zeros", [(None, False), (0, True)])
+@pytest.mark.parametrize("axis, preserve_zeros", [(None, False), (0, True), ((1, 0), True)])
 def test_share_and_inertia_match_numpy_jitted_and_not(axis, preserve_zeros):
     rng = np.random.default_rng(10)
     x = rng.standard_normal((4, 6)).astype(np.float32)
-    c = rng.standard_normal(5 if axis is None else (4, 5)).astype(np.float32)
+    shape = {None: 5, 0: (4, 5), (1, 0): (4, 6, 5)}[axis]  # (1, 0): a codebook per element
+    c = rng.standard_normal(shape).astype(np.float32)
     a = rng.integers(0, 5, size=(4, 6)).astype(np.uint8)
-    recon = c[a] if axis is None else c[np.arange(4)[:, None], a]
+    if axis is None:
+        recon = c[a]
+    elif axis == 0:
+        recon = c[np.arange(4)[:, None], a]
+    else:
+        recon = c[np.arange(4)[:, None], np.arange(6)[None], a]
     if preserve_zeros:
         recon = np.where(a == 0, 0.0, recon)
     kw = dict(axis=axis, preserve_zeros=preserve_zeros)
@@ -75,6 +81,8 @@ def test_bad_share_arguments():
         cluster.share(c, jnp.array([0, 4], jnp.uint8))
     with pytest.raises(ValueError, match=r"shape \[3, k\]"):
         cluster.share(c, jnp.zeros((2, 3), jnp.uint8), axis=1)
+    with pytest.raises(ValueError, match=r"shape \[2, 3, k\]"):
+        cluster.share(jnp.zeros((3, 2, 4)), jnp.zeros((2, 3), jnp.uint8), axis=(0, 1))
     with pytest.raises(ValueError, match="reduce must be"):
         cluster.share(c, jnp.zeros(3, jnp.uint8), reduce="max")
     with pytest.raises(TypeError, match="preserve_zeros"):

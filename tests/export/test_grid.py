@@ -46,6 +46,8 @@ def _roundtrip(x):
         {"kind": "axis", "axis": 2},
         {"kind": "group", "gaxis": 1, "size": 2, "axis": 2},
         {"kind": "group", "gaxis": 1, "size": 4, "axis": None},
+        {"kind": "axes", "axes": [0, 2]},
+        {"kind": "group", "gaxis": 1, "size": 2, "axes": [0, 2]},
     ],
 )
 def test_group_ids_match_coordinates(gran):
@@ -57,6 +59,10 @@ def test_group_ids_match_coordinates(gran):
         want, k = np.zeros_like(idx), 1
     elif gran["kind"] == "axis":
         want, k = c[gran["axis"]], shape[gran["axis"]]
+    elif gran["kind"] == "axes":  # [layers, in, out]: per layer and output unit
+        want, k = c[0] * 5 + c[2], 3 * 5
+    elif "axes" in gran:
+        want, k = ((c[1] // 2) * 3 + c[0]) * 5 + c[2], 4 * 3 * 5
     elif gran["axis"] is None:
         want, k = c[1] // gran["size"], 8 // gran["size"]
     else:
@@ -73,6 +79,23 @@ def test_granularities_coarsest_first():
     ]
     assert granularities((5,)) == [{"kind": "tensor"}, {"kind": "axis", "axis": 0}]
     assert granularities(()) == [{"kind": "tensor"}]
+    stacked = granularities((3, 8, 2))  # combinations of axes after single axes, fewest first
+    assert stacked[4:7] == [{"kind": "axes", "axes": a} for a in ([0, 2], [1, 2], [0, 1])]
+    assert {"kind": "group", "gaxis": 1, "size": 4, "axes": [0, 2]} in stacked
+
+
+def test_scales_per_layer_and_head_are_found():
+    # a stacked attention kernel [layers, embed, heads, head_dim] with a scale per layer,
+    # head and head_dim (lightcomp.fake_quantization's default for it) packs on a grid
+    x = np.random.default_rng(4).normal(size=(3, 8, 2, 4)).astype(np.float32)
+    x *= np.array([1.0, 10.0, 0.1], np.float32)[:, None, None, None]
+    q = np.asarray(lc.quant.fake_quant(jnp.asarray(x), 4, axis=(0, 2, 3)))
+    assert _roundtrip(q)["encoding"].startswith("grid axes0,2,3")
+    flat, idx = np.where(q == 0, np.float32(0), q).reshape(-1), np.arange(q.size)
+    cands = grid_candidates(flat, idx, q.shape, True)
+    assert cands[0][0]["g"] == {"kind": "axes", "axes": [0, 2, 3]}
+    for spec, blobs in cands:
+        _assert_bit_equal(decode_grid(spec, idx, q.shape, q.dtype, blobs), flat)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

@@ -4,19 +4,21 @@ import numpy as np
 import pytest
 
 
+def kept(axis, nd):
+    """The kept axes of ``axis`` (None, an int or a tuple), non-negative."""
+    if axis is None:
+        return set()
+    return {a % nd for a in (axis if isinstance(axis, tuple) else (axis,))}
+
+
 def grouped(x, axis, group_size, group_axis):
     """``x`` in its grouped view and the kept axes of that view."""
     nd = x.ndim
     if group_size is None:
-        keep = set() if axis is None else {axis % nd}
-        return x, keep
+        return x, kept(axis, nd)
     gax = (group_axis if group_axis is not None else (-2 if nd >= 2 else 0)) % nd
     xg = x.reshape((*x.shape[:gax], x.shape[gax] // group_size, group_size, *x.shape[gax + 1 :]))
-    keep = {gax}
-    if axis is not None:
-        a = axis % nd
-        keep.add(a + (a > gax))
-    return xg, keep
+    return xg, {gax} | {a + (a > gax) for a in kept(axis, nd)}
 
 
 def np_quant(x, bits, symmetric=True, axis=None, group_size=None, group_axis=None, rng=None):
@@ -47,6 +49,7 @@ class Reference:
     """The NumPy reference, as one fixture."""
 
     grouped = staticmethod(grouped)
+    kept = staticmethod(kept)
     quant = staticmethod(np_quant)
 
 

@@ -113,3 +113,23 @@ _X = jnp.ones((4, 6))
 def test_bad_input_raises_clear_error(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_tuple_axes_ranges_match_numpy(ref):
+    x = _rand((3, 10, 4), 28)  # [layers, in, out]: one range per layer and output unit
+    lo, hi = quant.minmax_range(jnp.asarray(x), (0, 2))
+    np.testing.assert_array_equal(lo, x.min(axis=1, keepdims=True))
+    np.testing.assert_array_equal(hi, x.max(axis=1, keepdims=True))
+    plo, phi = quant.percentile_range(jnp.asarray(x), 90.0, (0, 2))
+    for got, q in ((plo, 10.0), (phi, 90.0)):
+        want = np.percentile(x, q, axis=1, keepdims=True)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    mse = jax.jit(
+        lambda x, axis: quant.mse_range(x, 3, axis=axis, num_candidates=20), static_argnums=1
+    )
+    mlo, mhi = mse(jnp.asarray(x), (0, 2))
+    chex.assert_shape((mlo, mhi), (3, 1, 4))
+    for layer in range(3):  # each slice's search alone gives the same range
+        np.testing.assert_array_equal(
+            np.asarray(mhi)[layer], np.asarray(mse(jnp.asarray(x[layer]), -1)[1])
+        )

@@ -216,3 +216,17 @@ def test_four_bit_per_channel_mlp_on_digits_close_to_float():
     assert acc(served) == a_quant
     assert a_float > 0.93
     assert a_quant >= a_float - 0.03, (a_float, a_quant)
+
+
+def test_tuple_axes_range_of_the_kept_axes_sizes(ref):
+    x = _rand((6, 2, 3), 41)  # [embed, heads, head_dim]
+    lo, hi = quant.minmax_range(jnp.asarray(x), (1, 2))
+    chex.assert_shape((lo, hi), (1, 2, 3))
+    half = (np.asarray(lo)[0] * 0.5, np.asarray(hi)[0] * 0.5)  # [heads, head_dim]
+    got = quant.fake_quant(jnp.asarray(x), 4, axis=(1, 2), range=half)
+    want = ref.quant(x, 4, True, axis=(1, 2), rng=(half[0][None], half[1][None]))[0]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    with pytest.raises(
+        ValueError, match=r"range min has shape \(3, 2\), axes \(1, 2\) have \(2, 3\)"
+    ):
+        quant.fake_quant(jnp.asarray(x), 4, axis=(1, 2), range=(np.zeros((3, 2)), np.ones((3, 2))))

@@ -11,18 +11,24 @@ import pytest
 from lightcomp import quant
 
 
+def _kept(axis, nd):
+    if axis is None:
+        return set()
+    return {a % nd for a in (axis if isinstance(axis, tuple) else (axis,))}
+
+
 def _np_layout(shape, axis, group_size, group_axis):
     """(view shape, reduce axes, scale shape) computed directly with NumPy."""
     x = np.zeros(shape)
     nd = x.ndim
     if group_size is None:
-        kept = () if axis is None else (axis % nd,)
+        kept = _kept(axis, nd)
         red = tuple(i for i in range(nd) if i not in kept)
         scale = () if axis is None else x.max(axis=red, keepdims=True).shape
         return x.shape, red, scale
     g = (group_axis if group_axis is not None else (-2 if nd >= 2 else 0)) % nd
     view = np.reshape(x, (*shape[:g], shape[g] // group_size, group_size, *shape[g + 1 :]))
-    kept = {g} | ({axis % nd + (axis % nd > g)} if axis is not None else set())
+    kept = {g} | {a + (a > g) for a in _kept(axis, nd)}
     red = tuple(i for i in range(view.ndim) if i not in kept)
     scale = np.squeeze(view.max(axis=red, keepdims=True), axis=g + 1).shape
     return view.shape, red, scale
@@ -40,6 +46,10 @@ CASES = [
     ((10,), None, 5, None),
     ((10,), 0, None, None),
     ((), None, None, None),
+    ((8, 2, 4), (1, 2), None, None),  # per head and head_dim of a query kernel
+    ((8, 2, 4), (-1, 1), None, None),
+    ((3, 8, 2, 4), (0, 2, 3), 4, 1),  # stacked: per layer, head, head_dim; groups of embed
+    ((3, 2, 4, 8), (0, 3), 2, 2),  # stacked attention out: groups along head_dim
 ]
 
 
@@ -49,7 +59,10 @@ def test_layout_matches_numpy(shape, axis, group_size, group_axis):
     view, red, scale = _np_layout(shape, axis, group_size, group_axis)
     assert lay.view_shape == view and lay.reduce_axes == red and lay.scale_shape == scale
     assert lay.view_scale_shape == tuple(1 if i in red else d for i, d in enumerate(view))
-    assert lay.axis == (None if axis is None else axis % len(shape))
+    kept = tuple(sorted(_kept(axis, len(shape))))
+    assert lay.axes == kept and lay.axis == (
+        None if not kept else kept[0] if len(kept) == 1 else kept
+    )
     assert lay.per_tensor == (axis is None and group_size is None)
     x = np.random.default_rng(len(shape)).normal(size=shape).astype(np.float32)
     np.testing.assert_array_equal(lay.view(x), x.reshape(view))
@@ -100,6 +113,10 @@ def test_layout_is_frozen_and_hashable():
         (((4, 6), 0, None, 1), ValueError, "group_axis"),
         (((4, 6), None, 2, 3), ValueError, "group_axis"),
         (((), None, 1), ValueError, "rank"),
+        (((4, 6, 2), (0, -3)), ValueError, "twice"),
+        (((4, 6, 2), (0, 3)), ValueError, "axis"),
+        (((4, 6, 2), (0, 1.0)), TypeError, "axis"),
+        (((4, 6, 2), (0, 2), 2, 2), ValueError, "kept axis"),
     ],
 )
 def test_layout_bad_input(args, exc, match):

@@ -142,3 +142,21 @@ _X = jnp.ones((4, 6))
 def test_bad_input_raises_clear_error(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_lsq_tuple_axes_match_numpy(ref):
+    x = _rand((3, 8, 4), 29) * 2  # [layers, in, out]: a step size per layer and output unit
+    gy = _rand((3, 8, 4), 30)
+    init = quant.lsq_init_scale(jnp.asarray(x), 3, axis=(0, 2))
+    np.testing.assert_allclose(
+        init, 2 * np.abs(x).mean(axis=1, keepdims=True) / np.sqrt(3), rtol=1e-6
+    )
+    s = jnp.asarray(np.asarray(init) * 0.8)
+    want_y, want_gx, want_gs = _np_lsq(ref, x, np.asarray(s), gy, 3, True, (0, 2))
+    f = lambda x, s: quant.lsq_fake_quant(x, s, 3, axis=(0, 2))
+    for fn in (f, jax.jit(f)):
+        y, vjp = jax.vjp(fn, jnp.asarray(x), s)
+        gx, gs = vjp(jnp.asarray(gy))
+        np.testing.assert_allclose(y, want_y, rtol=1e-6)
+        np.testing.assert_array_equal(gx, want_gx)
+        np.testing.assert_allclose(gs, want_gs, rtol=1e-5, atol=1e-6)

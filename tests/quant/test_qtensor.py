@@ -85,3 +85,29 @@ def test_qtensor_is_a_pytree_with_static_configuration():
 def test_dequantize_needs_a_qtensor():
     with pytest.raises(TypeError, match="QTensor"):
         quant.dequantize(jnp.ones((4, 6)))
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [dict(axis=(1, 2)), dict(axis=(-1, 1), group_size=4, group_axis=0), dict(axis=(0, 2))],
+)
+def test_tuple_axes_keep_a_scale_per_combination(ref, mode):
+    x = _rand((8, 2, 4), 31)  # [embed, heads, head_dim]
+    x[:, 0] *= 10  # heads of different magnitude
+    qt = quant.quantize(jnp.asarray(x), 4, **mode)
+    lay = quant.layout(x.shape, mode["axis"], mode.get("group_size"), mode.get("group_axis"))
+    assert qt.layout == lay and qt.axis == lay.axes and len(lay.axes) == 2
+    chex.assert_shape(qt.scale, lay.scale_shape)
+    want_hat, want_q, _, _ = ref.quant(
+        x,
+        4,
+        axis=mode["axis"],
+        group_size=mode.get("group_size"),
+        group_axis=mode.get("group_axis"),
+    )
+    np.testing.assert_array_equal(np.asarray(qt.values, np.float32), want_q)
+    np.testing.assert_allclose(np.asarray(quant.dequantize(qt)), want_hat, rtol=1e-6)
+    fq = quant.fake_quant(jnp.asarray(x), 4, **mode)
+    np.testing.assert_array_equal(fq, quant.dequantize(qt))
+    jitted = jax.jit(lambda x: quant.fake_quant(x, 4, **mode))(jnp.asarray(x))
+    np.testing.assert_array_equal(jitted, fq)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lightcomp import prune
+from lightcomp import prune, tree
 from lightcomp import transform as T
 
 KEY = jax.random.key(0)
@@ -159,3 +159,63 @@ def test_leaf_errors_name_the_path(params):
         T.pruning(0.5, granularity="block", block=(4, 4)).init(params, KEY)
     with pytest.raises(ValueError, match="matches no leaf"):
         T.pruning(0.5, select="Conv_0").init(params, KEY)
+
+
+# --- stacked layers and attention kernels -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "which, stacked, n_stacked", [("linen", "layers/", 6), ("nnx", "blocks/", 5)]
+)
+def test_every_layer_of_a_scanned_stack_gets_the_sparsity_exactly(
+    scanned_lm, vmapped_state, which, stacked, n_stacked
+):
+    # the issue: pruning(0.5) on an nn.scan stack gave [0.52, 0.46, 0.48, ...] per layer
+    params = scanned_lm if which == "linen" else vmapped_state
+    t = T.pruning(0.5)
+    s = t.init(params, KEY)
+    layered = 0
+    for path, mk in tree.leaves_with_paths(s.masks):
+        mk = np.asarray(mk)
+        if path.startswith(stacked):
+            per_layer = (~mk).reshape(mk.shape[0], -1).sum(axis=1)
+            assert per_layer.tolist() == [round(0.5 * mk[0].size)] * mk.shape[0], path
+            layered += 1
+        else:
+            assert int((~mk).sum()) == round(0.5 * mk.size), path
+    assert layered == n_stacked
+    chex.assert_trees_all_equal(jax.jit(t.apply)(params, s), t.apply(params, s))
+
+
+def test_two_four_of_attention_and_a_schedule_under_jit(scanned_lm):
+    t = T.pruning(
+        prune.polynomial_schedule(0.0, 0.5, 0, 4), granularity=prune.NM(2, 4), update_every=2
+    )
+    s = t.init(scanned_lm, KEY)
+    update = jax.jit(t.update)
+    for step in range(5):
+        s = update(scanned_lm, s, None, jnp.int32(step))
+    q = np.asarray(s.masks["layers"]["MultiHeadDotProductAttention_0"]["query"]["kernel"])
+    groups = q.reshape(q.shape[0], -1, 4, *q.shape[2:])  # [layers, embed/4, 4, heads, head_dim]
+    np.testing.assert_array_equal(groups.sum(axis=2), 2)  # groups run along embed
+
+
+def test_axes_given_where_they_cannot_be_derived():
+    params = {"Einsum_0": {"kernel": jnp.asarray(np.random.default_rng(1).random((4, 2, 3)))}}
+    with pytest.raises(
+        ValueError, match=r"Channel\(\) needs the input and output axes of leaf 'Einsum_0/kernel'"
+    ):
+        T.pruning(0.5, granularity="channel").init(params, KEY)
+    with pytest.raises(ValueError, match="'Einsum_0/kernel'"):  # masks come later: checked now
+        T.pruning(0.5, granularity="channel", begin_step=3).init(params, KEY)
+    given = T.pruning(0.5, granularity="channel", axes={"Einsum": tree.Axes((), (0,), (1, 2))})
+    s = given.init(params, KEY)
+    cols = np.asarray(s.masks["Einsum_0"]["kernel"]).reshape(4, 6)
+    assert (~cols.all(axis=0)).sum() == 3  # half of the six output units, whole
+    other = T.pruning(0.5, granularity="channel", axes={"Einsum": tree.Axes((), (0, 1), (2,))})
+    with pytest.raises(ValueError, match="this state was built by"):
+        other.apply(params, s)
+    with pytest.raises(ValueError, match="axes pattern 'Dense' matches no selected leaf"):
+        T.pruning(0.5, axes={"Dense": tree.Axes((), (0,), (1, 2))}).init(params, KEY)
+    with pytest.raises(TypeError, match="axes must be a dict"):
+        T.pruning(0.5, axes=[tree.Axes()])

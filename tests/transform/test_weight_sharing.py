@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lightcomp import cluster
 from lightcomp import transform as T
 
 KEY = jax.random.key(0)
@@ -95,3 +96,21 @@ def test_leaf_errors_name_the_path(params):
         T.weight_sharing(40).init(params, KEY)  # more clusters than values
     with pytest.raises(ValueError, match="Dense_0/kernel"):
         T.weight_sharing(4, axis=5).init(params, KEY)
+
+
+def test_one_codebook_per_slice_of_a_stacked_leaf(vmapped_state):
+    # blocks made by nnx.vmap: kernels [3, ...]; each layer its own k values
+    t = T.weight_sharing(4, select=r"blocks/mlp", recluster_every=1)
+    s = t.init(vmapped_state, KEY)
+    w = np.asarray(vmapped_state["blocks"]["mlp"]["kernel"][...])
+    c = s.centroids.value["blocks"]["mlp"]["kernel"]
+    chex.assert_shape(c, (3, 4))
+    eff = np.asarray(jax.jit(t.apply)(vmapped_state, s)["blocks"]["mlp"]["kernel"][...])
+    # k-means over the layer axis: each slice alone (tests/cluster), in one compilation
+    np.testing.assert_array_equal(c, cluster.kmeans(w, 4, axis=(0,), preserve_zeros=True)[0])
+    for layer in range(3):
+        assert set(np.unique(eff[layer])) <= set(np.asarray(c[layer]).tolist())
+    s2 = jax.jit(t.update)(vmapped_state, s, None, jnp.int32(1))  # re-clustered per slice
+    chex.assert_shape(s2.centroids.value["blocks"]["mlp"]["kernel"], (3, 4))
+    with pytest.raises(ValueError, match="this state was built by"):
+        T.weight_sharing(4, select=r"blocks/mlp", stacked=0).apply(vmapped_state, s)
