@@ -24,6 +24,7 @@ from lightcomp.train._optax_wrap import (
     wrap_optax,
 )
 from lightcomp.train._state import DistillState, cast_floating, effective_params, init_state
+from lightcomp.train._stateful import StatefulApply
 from lightcomp.train._step import make_step
 from lightcomp.train._student_init import keep_layers, slice_channels
 from lightcomp.train._teacher_cache import cached_batches, teacher_logits
@@ -31,6 +32,7 @@ from lightcomp.train._teacher_cache import cached_batches, teacher_logits
 __all__ = [
     "CompressionState",
     "DistillState",
+    "StatefulApply",
     "cached_batches",
     "cast_floating",
     "effective",

@@ -26,6 +26,14 @@ class DistillState:
         (`lightcomp.split_trainable`): floating params and `Learned` leaves.
       comp_state: the compression transform's state (masks, ranges, centroids, ...).
       rng: a PRNG key, split once per step (dropout and stochastic rounding draw from it).
+      model_state: the student's non-parameter state, replaced by the new one every step:
+        linen collections such as ``{"batch_stats": ...}`` (every collection of
+        ``module.init``'s variables but ``"params"``), an nnx module's non-``Param``
+        state (``BatchStat`` statistics, other variables), activation-quantization
+        ranges; ``{}`` (no leaves) for a stateless student. Checkpointed with the rest.
+      teacher_state: the teacher's non-parameter state (e.g. its BatchNorm running
+        statistics), read by its eval-mode forward pass and never changed; ``{}`` for a
+        stateless teacher.
     """
 
     step: jax.Array
@@ -33,6 +41,8 @@ class DistillState:
     opt_state: PyTree
     comp_state: PyTree
     rng: jax.Array
+    model_state: PyTree = flax.struct.field(default_factory=dict)
+    teacher_state: PyTree = flax.struct.field(default_factory=dict)
 
 
 def check_optimizer(optimizer: Any) -> None:
@@ -79,27 +89,46 @@ def effective_params(state: DistillState, t: Transform) -> PyTree:
 
 
 def init_state(
-    params: PyTree, optimizer: optax.GradientTransformation, transform: Transform, key
+    params: PyTree,
+    optimizer: optax.GradientTransformation,
+    transform: Transform,
+    key,
+    *,
+    model_state: PyTree = None,
+    teacher_state: PyTree = None,
 ) -> DistillState:
     """Builds the `DistillState` of a distillation run.
 
     The transform is initialised on ``params`` with one half of ``key`` (the other half
     becomes ``state.rng``); weights its masks prune are set to 0; the optimizer state
-    covers the trainable part of ``(params, comp_state)``.
+    covers the trainable part of ``(params, comp_state)``. The model states are carried
+    as given (they are not trained and not compressed).
 
     Args:
       params: the student's parameter pytree (linen ``params`` dict, ``nnx.State``, ...).
       optimizer: an optax ``GradientTransformation``.
       transform: a `lightcomp.Transform` (``lightcomp.identity()`` for plain distillation).
       key: a PRNG key (``jax.random.key(0)``).
+      model_state: the student's non-parameter state: linen, ``module.init``'s variables
+        but ``"params"`` (``{"batch_stats": ...}``); nnx, ``apply.model_state`` of
+        `nnx_apply`. None for a stateless student (stored as ``{}``).
+      teacher_state: the same for the teacher, read in eval mode and never updated.
 
     Returns:
       `DistillState` with ``step == 0``.
+
+    Raises:
+      TypeError: a bad optimizer, transform or key, or a leaf of a tree that is not an
+        array (names the leaf).
     """
     check_optimizer(optimizer)
     check_transform(transform)
     _checks.check_key(key)
     tree.leaves_with_paths(params, argname="params")
+    model_state = {} if model_state is None else model_state
+    teacher_state = {} if teacher_state is None else teacher_state
+    tree.leaves_with_paths(model_state, argname="model_state")
+    tree.leaves_with_paths(teacher_state, argname="teacher_state")
     key_init, key_run = jax.random.split(key)
     comp_state = transform.init(params, key_init)
     params = constrain(params, comp_state)
@@ -110,6 +139,8 @@ def init_state(
         opt_state=optimizer.init(trainable),
         comp_state=comp_state,
         rng=key_run,
+        model_state=model_state,
+        teacher_state=teacher_state,
     )
 
 
