@@ -23,6 +23,7 @@ from lightcomp.train._optax_wrap import (
     find_compression_state,
     wrap_optax,
 )
+from lightcomp.train._recalibrate import recalibrate
 from lightcomp.train._state import DistillState, cast_floating, effective_params, init_state
 from lightcomp.train._stateful import StatefulApply
 from lightcomp.train._step import make_step
@@ -45,6 +46,7 @@ __all__ = [
     "linen_apply",
     "make_step",
     "nnx_apply",
+    "recalibrate",
     "slice_channels",
     "teacher_logits",
     "wrap_optax",
