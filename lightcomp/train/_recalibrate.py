@@ -122,9 +122,9 @@ def recalibrate(
     for i, inputs in enumerate(_input_batches(batches, batch_size)):
         n = int(np.shape(inputs)[0])
         stats, ok = probe(params, leaves, inputs, jax.random.fold_in(key, i))
-        scaled = [None if s is None else s * n for s in stats]
-        sums = scaled if sums is None else [a if a is None else a + b for a, b in zip(sums, scaled)]
-        valid = ok if valid is None else [a if a is None else a & b for a, b in zip(valid, ok)]
+        scaled = jax.tree.map(lambda s: s * n, stats)  # None (not a statistic) stays None
+        sums = scaled if sums is None else jax.tree.map(jnp.add, sums, scaled)
+        valid = ok if valid is None else jax.tree.map(jnp.logical_and, valid, ok)
         rows += n
     if rows == 0:
         raise ValueError("batches is empty")
