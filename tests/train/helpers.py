@@ -368,3 +368,31 @@ def key_data(tree):
         return x
 
     return jax.tree.map(one, tree)
+
+
+# --------------------------------------------------------------------------- token models
+
+FEATS = 6  # a linear token model: logits [batch, len, CLASSES] = inputs [batch, len, FEATS] @ w
+
+
+def token_apply(params, inputs):
+    return inputs @ params["w"] + params["b"]
+
+
+def token_params(seed):
+    rng = np.random.default_rng(seed)
+    return {
+        "w": jnp.asarray(rng.normal(size=(FEATS, CLASSES)) / np.sqrt(FEATS), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=CLASSES) * 0.1, jnp.float32),
+    }
+
+
+def token_batch(seed, rows=BATCH, length=LEN):
+    """Random token features and labels, with a random padding mask (each row >= 1 token)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, length + 1, (rows, 1))
+    return {
+        "inputs": rng.normal(size=(rows, length, FEATS)).astype(np.float32),
+        "labels": rng.integers(0, CLASSES, (rows, length)).astype(np.int32),
+        "weights": np.arange(length) < lengths,
+    }
