@@ -11,7 +11,18 @@ from flax import nnx
 
 import lightcomp as lc
 from lightcomp import train
-from tests.train.helpers import CLASSES, HIDDEN, IN, NAMES, STATEFUL, family, key_data, run
+from tests.train.helpers import (
+    CLASSES,
+    HIDDEN,
+    IN,
+    NAMES,
+    STATEFUL,
+    NnxCNN,
+    NnxScanMLP,
+    family,
+    key_data,
+    run,
+)
 
 
 class _DropoutMLP(nn.Module):
@@ -145,3 +156,42 @@ def test_family_checkpoint_resumes_equal(name, tmp_path):
     for b in f.batches[3:]:
         back, _ = step(back, f.teacher_params, b)
     chex.assert_trees_all_equal(key_data(back), key_data(states[-1]))
+
+
+def test_nnx_adapter_never_touches_the_module_and_works_under_jit():
+    """BatchNorm + Dropout with rngs at call (the nnx tutorial's CNN): the user's module
+    keeps its statistics, rng streams and mode, eagerly and under jit."""
+    module = NnxCNN(rngs=nnx.Rngs(0))
+    module.eval()
+    before = key_data(nnx.state(module))
+    apply, params = train.nnx_apply(module, train=True)
+    assert apply.train is True and module.bn.use_running_average is True
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    eager, new_state = apply.run(params, apply.model_state, x, jax.random.key(1))
+    jitted = jax.jit(apply)
+    a, b = jitted(params, x, jax.random.key(1)), jitted(params, x, jax.random.key(2))
+    np.testing.assert_allclose(a, eager, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a, b)  # rngs=nnx.Rngs(key) at call: dropout follows the key
+    assert not np.allclose(new_state["bn"]["mean"][...], apply.model_state["bn"]["mean"][...])
+    chex.assert_trees_all_equal(key_data(nnx.state(module)), before)
+    chex.assert_trees_all_equal(
+        key_data(apply.model_state), key_data(nnx.state(module, nnx.BatchStat))
+    )
+    # eval mode reads the running statistics: module(x) in eval mode, exactly
+    eval_apply, _ = train.nnx_apply(module, train=False)
+    np.testing.assert_allclose(jax.jit(eval_apply)(params, x), module(x), rtol=1e-5, atol=1e-6)
+
+
+def test_nnx_scanned_layers_keep_stacked_rng_keys():
+    """nnx.vmap/nnx.scan blocks holding rng streams: one key per layer, reseeded per call."""
+    apply, params = train.nnx_apply(NnxScanMLP(rngs=nnx.Rngs(0, dropout=1)), train=True)
+    keys = apply.model_state["blocks"]["drop"]["rngs"]["key"][...]
+    assert keys.shape == (3,)
+    x = np.random.default_rng(1).random((4, 64), dtype=np.float32)
+    run = jax.jit(apply.run)
+    out1, s1 = run(params, apply.model_state, x, jax.random.key(1))
+    out2, _ = run(params, apply.model_state, x, jax.random.key(2))
+    again, _ = run(params, apply.model_state, x, jax.random.key(1))
+    assert not np.allclose(out1, out2)
+    np.testing.assert_array_equal(out1, again)
+    chex.assert_trees_all_equal(key_data(s1), key_data(apply.model_state))
