@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -15,7 +15,7 @@ from lightcomp.transform import Transform, masks_of, split_trainable
 PyTree = Any
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class DistillState:
     """Everything a distillation run carries from step to step (a pytree).
 
@@ -41,8 +41,51 @@ class DistillState:
     opt_state: PyTree
     comp_state: PyTree
     rng: jax.Array
-    model_state: PyTree = flax.struct.field(default_factory=dict)
-    teacher_state: PyTree = flax.struct.field(default_factory=dict)
+    model_state: PyTree = dataclasses.field(default_factory=dict)
+    teacher_state: PyTree = dataclasses.field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> DistillState:
+        """A copy with ``changes`` (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = ("step", "params", "opt_state", "comp_state", "rng")
+_MODEL_FIELDS = ("model_state", "teacher_state")
+
+
+def _flatten_with_keys(state: DistillState):
+    """The fields as children; a model state without leaves is no child at all.
+
+    So a stateless run has the tree (and the checkpoint) of 0.1.0, which had no model
+    state: its checkpoints restore into it, and its leaf paths stay.
+    """
+    children = [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in _FIELDS]
+    empty = []
+    for name in _MODEL_FIELDS:
+        value = getattr(state, name)
+        if jax.tree.leaves(value):
+            children.append((jax.tree_util.GetAttrKey(name), value))
+            empty.append(None)
+        else:
+            empty.append(jax.tree.structure(value))
+    return children, tuple(empty)
+
+
+def _unflatten(empty: tuple, children) -> DistillState:
+    children = list(children)
+    fields = dict(zip(_FIELDS, children[: len(_FIELDS)], strict=True))
+    rest = iter(children[len(_FIELDS) :])
+    for name, structure in zip(_MODEL_FIELDS, empty, strict=True):
+        fields[name] = next(rest) if structure is None else jax.tree.unflatten(structure, [])
+    return DistillState(**fields)
+
+
+def _flatten(state: DistillState):
+    keyed, empty = _flatten_with_keys(state)
+    return [c for _, c in keyed], empty
+
+
+jax.tree_util.register_pytree_with_keys(DistillState, _flatten_with_keys, _unflatten, _flatten)
 
 
 def check_optimizer(optimizer: Any) -> None:
