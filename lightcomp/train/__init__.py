@@ -7,8 +7,15 @@ parameters and the transform's learned quantities (shared centroids, LSQ step si
 one optax update of both, pruned weights kept at exactly zero, ``transform.update`` on
 its own schedule and the step's metrics. The training loop (`fit`) lives outside ``jit``.
 
-Also here: adapters that turn linen and nnx models into ``(params, inputs) -> logits``
-functions, helpers that start a smaller student from the teacher's weights, a
+Model state: a student with BatchNorm (or any other non-parameter state) runs through a
+`StatefulApply` (`linen_apply`, `nnx_apply`); the step carries its state in
+`DistillState.model_state` and replaces it every step, with BatchNorm's ``axis_name``
+bound on one device and many; the teacher's frozen state is `DistillState.teacher_state`.
+`recalibrate` recomputes BatchNorm statistics after compression. Sequence models: logits
+``[batch, len, vocab]``, labels ``[batch, len]`` and ``batch["weights"]`` (padding):
+losses and metrics average over the weighted tokens.
+
+Also here: helpers that start a smaller student from the teacher's weights, a
 teacher-logit cache for fixed datasets, and `evaluate`.
 
 References:

@@ -54,20 +54,22 @@ _MODEL_FIELDS = ("model_state", "teacher_state")
 
 
 def _flatten_with_keys(state: DistillState):
-    """The fields as children; a model state without leaves is no child at all.
+    """The fields as children; an empty model state (``{}``, None) is no child at all.
 
     So a stateless run has the tree (and the checkpoint) of 0.1.0, which had no model
-    state: its checkpoints restore into it, and its leaf paths stay.
+    state: its checkpoints restore into it, and its leaf paths stay. Emptiness is read
+    from the structure, not the leaves, so ``jax.tree.map(lambda x: None, state)`` keeps
+    the structure of ``state``.
     """
     children = [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in _FIELDS]
-    empty = []
+    empty = []  # (False, None) for a child; (True, its structure) for an empty container
     for name in _MODEL_FIELDS:
         value = getattr(state, name)
-        if jax.tree.leaves(value):
+        if jax.tree.structure(value).num_nodes > 1:
             children.append((jax.tree_util.GetAttrKey(name), value))
-            empty.append(None)
+            empty.append((False, None))
         else:
-            empty.append(jax.tree.structure(value))
+            empty.append((True, jax.tree.structure(value)))
     return children, tuple(empty)
 
 
@@ -75,8 +77,8 @@ def _unflatten(empty: tuple, children) -> DistillState:
     children = list(children)
     fields = dict(zip(_FIELDS, children[: len(_FIELDS)], strict=True))
     rest = iter(children[len(_FIELDS) :])
-    for name, structure in zip(_MODEL_FIELDS, empty, strict=True):
-        fields[name] = next(rest) if structure is None else jax.tree.unflatten(structure, [])
+    for name, (leafless, structure) in zip(_MODEL_FIELDS, empty, strict=True):
+        fields[name] = jax.tree.unflatten(structure, []) if leafless else next(rest)
     return DistillState(**fields)
 
 

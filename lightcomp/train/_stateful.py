@@ -18,6 +18,13 @@ statistics are then those of the global batch (XLA partitions the reduction); un
 BatchNorm's mean runs over all devices: either way, the numbers of one device on the
 same global batch. A train-mode BatchNorm whose axis is not the step's device axis
 would keep per-device statistics; the adapters refuse it when the step is traced.
+
+The slot is generic: anything that wraps a forward pass can keep its own part of the
+state there, e.g. activation-quantization ranges updated by an EMA inside the step,
+``forward(params, {"model": inner, "ranges": ranges}, x, key) -> (logits, {"model":
+new_inner, "ranges": new_ranges})``; it is carried, donated, sharded and checkpointed
+with the rest of the state. Under a device axis its new value must be the same on every
+device (reduce statistics over the axis, as BatchNorm does).
 """
 
 from __future__ import annotations

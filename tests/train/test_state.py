@@ -58,6 +58,9 @@ def test_model_state_fields_add_leaves_only_when_they_hold_some(student):
         assert isinstance(back, lc.train.DistillState)
         chex.assert_trees_all_equal(comparable(back), comparable(state))
     assert full.replace(model_state={}).model_state == {}
+    # a tree of Nones mirrors the state (orbax's save arguments are built so)
+    nones = jax.tree.map(lambda x: None, full)
+    assert jax.tree.map(lambda x, a: x, full, nones, is_leaf=lambda a: a is None) is not None
     with pytest.raises(TypeError, match=r"model_state.*'bn'"):
         lc.train.init_state(
             s_params, opt, lc.identity(), jax.random.key(0), model_state={"bn": "x"}
