@@ -106,6 +106,7 @@ def _demo(args, console) -> int:
         raise _UsageError(
             f"--devices {cfg.devices}: only {jax.local_device_count()} device(s) available"
         )
+
     def show(row):
         if cfg.progress:
             console.print(

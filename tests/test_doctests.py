@@ -14,9 +14,7 @@ import lightcomp
 
 _SKIP = {"lightcomp.__main__", "lightcomp.cli"}
 MODULES = sorted(
-    m.name
-    for m in pkgutil.walk_packages(lightcomp.__path__, "lightcomp.")
-    if m.name not in _SKIP
+    m.name for m in pkgutil.walk_packages(lightcomp.__path__, "lightcomp.") if m.name not in _SKIP
 )
 
 

@@ -105,9 +105,7 @@ def weight_sharing(
     def check(params, state):
         check_state(state, WeightSharingState, config)
         tree.check_mirror(params, state.assignments, "weight_sharing state assignments")
-        tree.check_mirror(
-            params, state.centroids.value, "weight_sharing centroids", centroid_shape
-        )
+        tree.check_mirror(params, state.centroids.value, "weight_sharing centroids", centroid_shape)
 
     def init_fn(params, key):
         paths = tree.selected_paths(params, rule)

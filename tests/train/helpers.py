@@ -96,16 +96,18 @@ def comparable(state):
 STEPS, VOCAB, LEN = 6, 12, 8
 
 
+def _norm(train: bool) -> nn.BatchNorm:
+    """Flax ResNet's BatchNorm: statistics averaged over the ``"batch"`` axis."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name="batch")
+
+
 class ResBlock(nn.Module):
     features: int
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, axis_name="batch"
-        )
-        y = nn.relu(norm()(nn.Conv(self.features, (3, 3), use_bias=False)(x)))
-        y = norm()(nn.Conv(self.features, (3, 3), use_bias=False)(y))
+        y = nn.relu(_norm(train)(nn.Conv(self.features, (3, 3), use_bias=False)(x)))
+        y = _norm(train)(nn.Conv(self.features, (3, 3), use_bias=False)(y))
         return nn.relu(x + y)
 
 
@@ -114,8 +116,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        x = nn.Conv(self.width, (3, 3), use_bias=False)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name="batch")(x)
+        x = _norm(train)(nn.Conv(self.width, (3, 3), use_bias=False)(x))
         x = ResBlock(self.width)(nn.relu(x), train)
         return nn.Dense(CLASSES)(jnp.mean(x, axis=(1, 2)))
 
@@ -161,8 +162,7 @@ class ScanBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Dense(x.shape[-1], use_bias=False)(x)  # the BatchNorm's bias is the layer's
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name="batch")(x)
+        x = _norm(train)(nn.Dense(x.shape[-1], use_bias=False)(x))  # BatchNorm has the bias
         return nn.Dropout(self.dropout, deterministic=not train)(nn.relu(x)), None
 
 
@@ -231,6 +231,13 @@ class NnxScanMLP(nnx.Module):
         return self.head(body(nnx.relu(self.embed(x.reshape((x.shape[0], -1)))), self.blocks))
 
 
+# eps 1e-4, not 1e-8: a bias before a BatchNorm (or an attention key's bias) has a zero
+# gradient up to round-off, which a tiny eps would blow up into full-size updates of
+# random sign, different on one device and on eight.
+OPTIMIZER = optax.adam(1e-2, eps=1e-4)
+PRUNE = lc.pruning(0.5, select=r"kernel$")
+
+
 class Family(NamedTuple):
     name: str
     train_apply: lc.train.StatefulApply
@@ -240,16 +247,15 @@ class Family(NamedTuple):
     teacher_params: Any
     teacher_state: Any
     batches: list  # STEPS batches of BATCH rows
-    transform: lc.Transform
-    optimizer: Any
+    transform: lc.Transform = PRUNE
+    optimizer: Any = OPTIMIZER
 
     def init(self, seed=0):
-        key = jax.random.key(seed)
         return lc.train.init_state(
             self.params,
             self.optimizer,
             self.transform,
-            key,
+            jax.random.key(seed),
             model_state=self.model_state,
             teacher_state=self.teacher_state,
         )
@@ -271,42 +277,30 @@ def token_batches(seed=0):
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(STEPS):
-        start = rng.integers(0, VOCAB, (BATCH, 1))
-        tokens = ((start + np.arange(LEN)) % VOCAB).astype(np.int32)
-        lengths = rng.integers(2, LEN + 1, (BATCH, 1))
-        pad = np.arange(LEN) < lengths
+        tokens = (rng.integers(0, VOCAB, (BATCH, 1)) + np.arange(LEN)) % VOCAB
+        pad = np.arange(LEN) < rng.integers(2, LEN + 1, (BATCH, 1))
+        labels = ((tokens + 1) % VOCAB).astype(np.int32)
         out.append(
-            {
-                "inputs": np.where(pad, tokens, 0).astype(np.int32),
-                "labels": ((tokens + 1) % VOCAB).astype(np.int32),
-                "weights": pad,
-            }
+            {"inputs": np.where(pad, tokens, 0).astype(np.int32), "labels": labels, "weights": pad}
         )
     return out
-
-
-def _adam():
-    # eps 1e-4, not 1e-8: a bias before a BatchNorm (or an attention key's bias) has a
-    # zero gradient up to round-off, which Adam's tiny eps would blow up into full-size
-    # updates of random sign, different on one device and on eight.
-    return optax.adam(1e-2, eps=1e-4)
 
 
 def _linen(name, module, x, batches):
     init = jax.jit(functools.partial(module.init, train=False))  # one compilation, not eager ops
     s_vars, t_vars = init(jax.random.key(1), x), init(jax.random.key(2), x)
     rest = lambda v: {k: c for k, c in v.items() if k != "params"}
+    train_apply = lc.train.linen_apply(module, train=True)
+    eval_apply = lc.train.linen_apply(module, train=False)
     return Family(
         name,
-        lc.train.linen_apply(module, train=True),
-        lc.train.linen_apply(module, train=False),
+        train_apply,
+        eval_apply,
         s_vars["params"],
         rest(s_vars),
         t_vars["params"],
         rest(t_vars),
         batches,
-        lc.pruning(0.5, select=r"kernel$"),
-        _adam(),
     )
 
 
@@ -323,8 +317,6 @@ def _nnx(name, make, batches):
         t_params,
         t_apply.model_state,
         batches,
-        lc.pruning(0.5, select=r"kernel$"),
-        _adam(),
     )
 
 
