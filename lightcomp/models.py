@@ -33,15 +33,25 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """A small convolutional net for ``[batch, 8, 8, 1]`` digits: two 3x3 convs, then Dense."""
+    """A small convolutional net for ``[batch, 8, 8, 1]`` digits: two 3x3 convs, then Dense.
+
+    With ``batch_norm=True`` each conv (then without bias) is followed by a BatchNorm
+    whose statistics are averaged over ``axis_name="batch"`` (as in Flax's ResNet): train
+    it with ``lightcomp.train.linen_apply(model, train=True)`` and carry the
+    ``"batch_stats"`` collection as the model state.
+    """
 
     channels: Sequence[int] = (16, 32)
     num_classes: int = 10
+    batch_norm: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for c in self.channels:
-            x = nn.relu(nn.Conv(c, (3, 3))(x))
+            x = nn.Conv(c, (3, 3), use_bias=not self.batch_norm)(x)
+            if self.batch_norm:
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name="batch")(x)
+            x = nn.relu(x)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes)(x)
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lightcomp import models, tree
+from lightcomp import models, train, tree
 
 
 def test_mlp_matches_numpy_forward():
@@ -44,3 +44,28 @@ def test_nnx_mlp_equals_linen_mlp_with_the_same_weights():
     x = np.random.default_rng(2).normal(size=(4, 5)).astype(np.float32)
     linen_out = models.MLP((8, 3)).apply({"params": params}, x)
     chex.assert_trees_all_close(net(x), linen_out, rtol=1e-6, atol=1e-6)
+
+
+def test_cnn_with_batchnorm_carries_statistics_and_reads_them_in_eval_mode():
+    x = np.random.default_rng(3).random((4, 8, 8, 1), dtype=np.float32)
+    bn = models.CNN(channels=(4, 4), batch_norm=True)
+    variables = jax.jit(bn.init)(jax.random.key(0), x)
+    assert set(variables) == {"params", "batch_stats"}
+    assert "bias" not in variables["params"]["Conv_0"]
+    chex.assert_shape(variables["batch_stats"]["BatchNorm_1"]["mean"], (4,))
+    # fresh statistics (mean 0, var 1, scale 1, bias 0): each BatchNorm divides by
+    # sqrt(1 + eps), and the net equals the plain CNN with zero conv biases up to that
+    plain = models.CNN(channels=(4, 4))
+    p = {
+        "Conv_0": {**variables["params"]["Conv_0"], "bias": jnp.zeros(4)},
+        "Conv_1": {**variables["params"]["Conv_1"], "bias": jnp.zeros(4)},
+        "Dense_0": variables["params"]["Dense_0"],
+    }
+    want = plain.apply({"params": p}, x)
+    got = bn.apply(variables, x)
+    b = np.asarray(p["Dense_0"]["bias"])
+    np.testing.assert_allclose((got - b) * (1 + 1e-5), want - b, rtol=1e-5, atol=1e-6)
+    # train mode (BatchNorm's "batch" axis bound by the adapter): the statistics move
+    apply = train.linen_apply(bn, train=True)
+    _, new = apply.run(variables["params"], {"batch_stats": variables["batch_stats"]}, x)
+    assert not np.allclose(new["batch_stats"]["BatchNorm_0"]["mean"], 0.0)

@@ -11,7 +11,12 @@ All give the numbers of one device on the same global batch:
   ``"model"`` axis by `lightcomp.parallel.state_shardings`), state buffers donated; XLA
   inserts the gradient all-reduce (the step needs no ``axis_name``);
 - `shard_map_step`: ``jax.shard_map`` over the mesh with an explicit ``lax.pmean``
-  (the step is built with ``axis_name="data"``).
+  (the step is built with an ``axis_name``: the mesh's ``"data"`` axis, or bound under
+  the step's own name, e.g. ``"batch"``).
+
+A student with BatchNorm (`lightcomp.train.linen_apply`, `nnx_apply`) has its
+statistics synchronised on every path: those of the global batch under `data_parallel`,
+averaged over the devices of the step's axis under `pmap_step` and `shard_map_step`.
 """
 
 from __future__ import annotations
@@ -73,22 +78,53 @@ def shard_batch(batch: PyTree, n_devices: int | None = None) -> PyTree:
     return jax.tree.map(split, batch)
 
 
+_UNSAID = object()
+
+
+def _step_axis(step: Any, axis_name: Any, default: str) -> str:
+    """The axis a step averages over: the step's own (``step.axis_name``), else
+    ``axis_name``, else ``default``.
+
+    A step from `lightcomp.train.make_step` says its axis; mapping it over another one,
+    or mapping one built without any, would leave gradients unaveraged.
+    """
+    if axis_name is not None and not isinstance(axis_name, str):
+        raise TypeError(f"axis_name must be a string, got {axis_name!r}")
+    own = getattr(step, "axis_name", _UNSAID)
+    if own is _UNSAID:
+        return default if axis_name is None else axis_name
+    if own is None:
+        raise ValueError(
+            "the step was built without axis_name, so it would not average gradients "
+            f"across devices: build it with make_step(..., axis_name={axis_name or default!r})"
+        )
+    if axis_name is not None and axis_name != own:
+        raise ValueError(
+            f"the step averages over axis_name={own!r}, but it would be mapped over "
+            f"{axis_name!r}: pass the same name to make_step and here"
+        )
+    return own
+
+
 def pmap_step(
     step: Step,
     *,
-    axis_name: str = "batch",
+    axis_name: str | None = None,
     devices: Sequence[jax.Device] | None = None,
     donate_state: bool = False,
 ) -> Callable:
     """``jax.pmap`` of a distillation step: state and teacher unreplicated, batch per device.
 
-    ``step`` must come from ``lightcomp.train.make_step(..., axis_name=axis_name)``, so
-    gradients and metrics are ``lax.pmean``'d and every device computes the same new
-    state (masks, centroids and ranges are refreshed from averaged gradients).
+    ``step`` must come from ``lightcomp.train.make_step(..., axis_name=...)``, so
+    gradients, metrics and BatchNorm statistics (a BatchNorm whose ``axis_name`` is that
+    axis, as Flax's ResNet's ``"batch"``) are averaged over the devices and every device
+    computes the same new state (masks, centroids and ranges are refreshed from averaged
+    gradients).
 
     Args:
       step: ``step(state, teacher_params, batch) -> (state, metrics)``.
-      axis_name: the step's ``axis_name``.
+      axis_name: the step's ``axis_name`` (default: the one the step says it was built
+        with, ``step.axis_name``; ``"batch"`` for a step that does not say).
       devices: the devices to map over (default: all local devices).
       donate_state: donate the input state's buffers.
 
@@ -101,10 +137,10 @@ def pmap_step(
 
     Raises:
       TypeError: ``step`` not callable, ``axis_name`` not a string, ``donate_state`` not a bool.
+      ValueError: a step built without an axis name, or with another one.
     """
     check_callable(step, "step")
-    if not isinstance(axis_name, str):
-        raise TypeError(f"axis_name must be a string, got {axis_name!r}")
+    axis_name = _step_axis(step, axis_name, "batch")
     donate_state = check_bool(donate_state, "donate_state")
     return jax.pmap(
         step,
@@ -189,19 +225,29 @@ def data_parallel(
 
 
 def shard_map_step(
-    step: Step, mesh: Mesh, *, axis_name: str = "data", donate: bool = False
+    step: Step,
+    mesh: Mesh,
+    *,
+    axis_name: str | None = None,
+    data_axis: str = "data",
+    donate: bool = False,
 ) -> Callable:
     """The step under ``jax.shard_map``: per-device code with an explicit ``lax.pmean``.
 
-    ``step`` must come from ``lightcomp.train.make_step(..., axis_name=axis_name)``;
-    state and teacher enter replicated (``P()``), the batch split over ``axis_name``
-    (``P(axis_name)``), and the new state and metrics leave replicated. The result
-    is jitted.
+    ``step`` must come from ``lightcomp.train.make_step(..., axis_name=...)``; state and
+    teacher enter replicated (``P()``), the batch split over the mesh's batch axis, and
+    the new state and metrics leave replicated. When ``axis_name`` is not an axis of the
+    mesh, the mesh's ``data_axis`` is bound under that name: a step built with
+    ``axis_name="batch"`` (the name Flax's ResNet gives its BatchNorm) runs on
+    `make_mesh`'s ``("data", "model")`` mesh with its BatchNorm statistics averaged over
+    the ``"data"`` devices. The result is jitted.
 
     Args:
       step: a step that averages over ``axis_name``.
-      mesh: a mesh with an axis ``axis_name`` (other axes see the same data).
-      axis_name: the mesh axis the batch is split over.
+      mesh: a mesh with an axis ``axis_name``, or a ``data_axis`` (other axes see the
+        same data).
+      axis_name: the step's axis (default: ``step.axis_name``, else ``"data"``).
+      data_axis: the mesh axis bound as ``axis_name`` when the mesh has no such axis.
       donate: donate the input state's buffers.
 
     Returns:
@@ -210,9 +256,15 @@ def shard_map_step(
 
     Raises:
       TypeError: ``step`` not callable, ``mesh`` not a ``Mesh``, ``donate`` not a bool.
-      ValueError: ``axis_name`` not an axis of ``mesh``; at a call, a batch leaf that
-        does not split over it (names the leaf).
+      ValueError: neither ``axis_name`` nor ``data_axis`` is an axis of ``mesh``; a step
+        built without an axis name or with another one; at a call, a batch leaf that
+        does not split over the axis (names the leaf).
     """
+    check_callable(step, "step")
+    axis_name = _step_axis(step, axis_name, "data")
+    if isinstance(mesh, Mesh) and axis_name not in mesh.shape and data_axis in mesh.shape:
+        names = tuple(axis_name if a == data_axis else a for a in mesh.axis_names)
+        mesh = Mesh(mesh.devices, names)
     n = _mesh_axis_size(step, mesh, axis_name, "axis_name")
     donate = check_bool(donate, "donate")
     # check_vma=False: with the varying-manual-axes checks on, JAX's autodiff already

@@ -7,8 +7,15 @@ parameters and the transform's learned quantities (shared centroids, LSQ step si
 one optax update of both, pruned weights kept at exactly zero, ``transform.update`` on
 its own schedule and the step's metrics. The training loop (`fit`) lives outside ``jit``.
 
-Also here: adapters that turn linen and nnx models into ``(params, inputs) -> logits``
-functions, helpers that start a smaller student from the teacher's weights, a
+Model state: a student with BatchNorm (or any other non-parameter state) runs through a
+`StatefulApply` (`linen_apply`, `nnx_apply`); the step carries its state in
+`DistillState.model_state` and replaces it every step, with BatchNorm's ``axis_name``
+bound on one device and many; the teacher's frozen state is `DistillState.teacher_state`.
+`recalibrate` recomputes BatchNorm statistics after compression. Sequence models: logits
+``[batch, len, vocab]``, labels ``[batch, len]`` and ``batch["weights"]`` (padding):
+losses and metrics average over the weighted tokens.
+
+Also here: helpers that start a smaller student from the teacher's weights, a
 teacher-logit cache for fixed datasets, and `evaluate`.
 
 References:
@@ -23,7 +30,9 @@ from lightcomp.train._optax_wrap import (
     find_compression_state,
     wrap_optax,
 )
+from lightcomp.train._recalibrate import recalibrate
 from lightcomp.train._state import DistillState, cast_floating, effective_params, init_state
+from lightcomp.train._stateful import StatefulApply
 from lightcomp.train._step import make_step
 from lightcomp.train._student_init import keep_layers, slice_channels
 from lightcomp.train._teacher_cache import cached_batches, teacher_logits
@@ -31,6 +40,7 @@ from lightcomp.train._teacher_cache import cached_batches, teacher_logits
 __all__ = [
     "CompressionState",
     "DistillState",
+    "StatefulApply",
     "cached_batches",
     "cast_floating",
     "effective",
@@ -43,6 +53,7 @@ __all__ = [
     "linen_apply",
     "make_step",
     "nnx_apply",
+    "recalibrate",
     "slice_channels",
     "teacher_logits",
     "wrap_optax",

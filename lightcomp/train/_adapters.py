@@ -1,73 +1,246 @@
-"""Adapters that turn linen and nnx models into ``(params, inputs[, key]) -> logits``."""
+"""Adapters that turn linen and nnx models into a `StatefulApply` the step can carry.
+
+``linen_apply(module, train=True)`` runs ``module.apply({"params": params,
+**model_state}, inputs, mutable=[every collection of model_state], rngs=...)``;
+``nnx_apply(model, train=True)`` merges a copy of the module from ``(params,
+model_state)`` in every call and splits it again afterwards. Both draw dropout from the
+step's key, carry BatchNorm statistics (and any other mutable state) in
+``model_state``, and bind BatchNorm's ``axis_name`` (see `StatefulApply`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
+import flax.errors
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
+from flax import nnx
+
+from lightcomp import tree
+from lightcomp.train._stateful import StatefulApply, check_norm_axis, norm_axis_names
+
+PyTree = Any
 
 
-def linen_apply(module: Any, *, rng_collections: Sequence[str] = ("dropout",), **call_kwargs):
-    """Wraps a linen module as ``apply(params, inputs, key=None) -> logits``.
+def _linen_guard(bound: tuple[str, ...]):
+    """``device_axis -> context``: refuses train-mode ``nn.BatchNorm`` layers that would not sync."""
+
+    def guard(device_axis):
+        def interceptor(next_fun, args, kwargs, context):
+            mod = context.module
+            if isinstance(mod, nn.BatchNorm) and context.method_name == "__call__":
+                ura = kwargs.get("use_running_average", args[1] if len(args) > 1 else None)
+                ura = mod.use_running_average if ura is None else ura
+                if not ura and not mod.is_initializing():
+                    where = "/".join(mod.path)
+                    check_norm_axis(where, mod.axis_name, device_axis, bound, "linen_apply")
+            return next_fun(*args, **kwargs)
+
+        return nn.intercept_methods(interceptor)
+
+    return guard
+
+
+def linen_apply(
+    module: nn.Module,
+    *,
+    rng_collections: Sequence[str] = ("dropout",),
+    axis_name: str | Sequence[str] | None = "batch",
+    statistics: Sequence[str] = ("batch_stats",),
+    **call_kwargs: Any,
+) -> StatefulApply:
+    """Wraps a linen module as a `StatefulApply` (``apply(params, inputs, key=None)`` too).
+
+    Every collection of ``model_state`` is mutable: a train-mode forward returns the new
+    ``batch_stats`` (and any other collection it writes), which the step carries; an
+    eval-mode one (``train=False``) reads the running statistics and changes nothing.
 
     Args:
       module: a ``flax.linen.Module``.
-      rng_collections: rng streams fed from ``key`` (each gets ``fold_in(key, i)``).
+      rng_collections: rng streams fed from the step's key (each gets ``fold_in(key, i)``).
+      axis_name: the axis name(s) the model's BatchNorm layers average over; bound to a
+        size-1 axis when the step maps over no device axis (Flax's ResNet: ``"batch"``).
+      statistics: the collections holding running statistics (`recalibrate`).
       **call_kwargs: static keywords of the module's ``__call__``, e.g. ``train=True``.
 
     Returns:
-      ``apply``; use it with ``make_step(..., pass_rng=True)`` for a train-mode student
-      and ``linen_apply(module, train=False)`` for the teacher or `evaluate`.
+      A `StatefulApply`; its ``model_state`` is ``{}``: start from ``module.init``'s
+      variables other than ``"params"`` (``init_state(..., model_state={"batch_stats":
+      variables["batch_stats"]})``).
+
+    Raises:
+      TypeError: ``module`` is not a linen module, or bad names.
     """
-    names = tuple(rng_collections)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a flax.linen.Module, got {type(module).__name__}")
+    names = tuple(norm_axis_names(rng_collections, "rng_collections"))
+    axes = norm_axis_names(axis_name)
+    stats = tuple(norm_axis_names(statistics, "statistics"))
+    train = call_kwargs.get("train")
 
-    def apply(params, inputs, key=None):
-        rngs = None
-        if key is not None:
-            rngs = {c: jax.random.fold_in(key, i) for i, c in enumerate(names)}
-        return module.apply({"params": params}, inputs, rngs=rngs, **call_kwargs)
+    def forward(params, model_state, inputs, key):
+        rngs = None if key is None else {c: jax.random.fold_in(key, i) for i, c in enumerate(names)}
+        variables = {"params": params, **model_state}
+        mutable = list(model_state)
+        try:
+            if not mutable:
+                return module.apply(variables, inputs, rngs=rngs, **call_kwargs), model_state
+            out, updates = module.apply(
+                variables, inputs, rngs=rngs, mutable=mutable, **call_kwargs
+            )
+        except flax.errors.ScopeCollectionNotFound as e:
+            raise ValueError(
+                f"{e}\nThe model needs non-parameter collections: pass them as the model state, "
+                "e.g. init_state(..., model_state={'batch_stats': variables['batch_stats']}) "
+                "(every collection of module.init's variables but 'params')"
+            ) from e
+        new = {**model_state, **updates}
+        return out, type(model_state)(new) if not isinstance(model_state, dict) else new
 
-    return apply
+    def statistic_leaves(model_state):
+        return [p.split("/")[0] in stats for p in tree.paths(model_state)]
+
+    return StatefulApply(
+        forward,
+        {},
+        axes,
+        train if isinstance(train, bool) else None,
+        statistic_leaves,
+        _linen_guard(axes),
+    )
 
 
-def nnx_apply(module: Any, *, train: bool | None = None):
-    """Turns an nnx module into ``(apply, params)`` via ``nnx.split`` / ``nnx.merge``.
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
 
-    ``params`` is the module's ``nnx.Param`` state; everything else (batch
-    statistics, rng streams) is held fixed in the closure. The module itself is
-    not modified.
+
+def _reseed(model_state: PyTree, key: jax.Array) -> PyTree:
+    """Every rng stream's key replaced by one drawn from ``key`` (a stacked key stays stacked)."""
+    leaves, treedef = jax.tree.flatten(model_state, is_leaf=_is_variable)
+    out = []
+    for i, v in enumerate(leaves):
+        if isinstance(v, nnx.RngKey):
+            k = jax.random.fold_in(key, i)
+            shape = v.get_value().shape
+            v = v.replace(k if shape == () else jax.random.split(k, shape))
+        out.append(v)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _keep_rng_state(new: PyTree, old: PyTree) -> PyTree:
+    """``new`` with the rng streams of ``old``: keys are reseeded per step, never carried."""
+    return jax.tree.map(
+        lambda n, o: o if isinstance(o, nnx.RngState) else n, new, old, is_leaf=_is_variable
+    )
+
+
+def _nnx_mode(model: nnx.Module, train: bool | None) -> bool | None:
+    """``train``, or the module's own mode read from its BatchNorm and Dropout layers."""
+    if train is not None:
+        return train
+    modes = [
+        not getattr(m, attr)
+        for _, m in nnx.iter_graph(model)
+        for cls, attr in ((nnx.BatchNorm, "use_running_average"), (nnx.Dropout, "deterministic"))
+        if isinstance(m, cls) and isinstance(getattr(m, attr), bool)
+    ]
+    return any(modes) if modes else None
+
+
+def _nnx_guard(model: nnx.Module):
+    """``device_axis -> context``: refuses train-mode ``nnx.BatchNorm`` layers that would not sync."""
+    norms = [
+        ("/".join(map(str, path)), m.axis_name)
+        for path, m in nnx.iter_graph(model)
+        if isinstance(m, nnx.BatchNorm) and not m.use_running_average
+    ]
+    bound = tuple(sorted({a for _, a in norms if a is not None}))
+
+    def guard(device_axis):
+        for where, axis in norms:
+            check_norm_axis(where, axis, device_axis, bound, "nnx_apply")
+        return contextlib.nullcontext()
+
+    return guard, bound
+
+
+def nnx_apply(
+    module: nnx.Module,
+    *,
+    train: bool | None = None,
+    rngs_at_call: bool | None = None,
+    **call_kwargs,
+) -> tuple[StatefulApply, PyTree]:
+    """Turns an nnx module into ``(apply, params)``; the user's module is never modified.
+
+    The adapter works on a copy (``nnx.clone``), set to train or eval mode. Every call
+    merges a fresh module from ``(params, model_state)`` (``nnx.merge(..., copy=True)``),
+    so it works under ``jit`` and never touches variables it was not given; the new
+    non-``Param`` state (``BatchStat`` running statistics, other variables) comes back
+    as the new model state. rng streams held by modules are reseeded from the step's key
+    every call, a stacked key (``nnx.vmap`` / ``nnx.scan`` layers) into as many keys;
+    their state is not carried. A module whose ``__call__`` takes ``rngs`` (the nnx
+    tutorials' ``model(x, rngs=rngs)``) gets ``rngs=nnx.Rngs(key)``. BatchNorm axis
+    names are read from the module and bound (see `StatefulApply`).
 
     Args:
       module: a ``flax.nnx.Module``.
-      train: True sets train mode (dropout on), False eval mode, None keeps the module's.
+      train: True sets train mode (batch statistics, dropout on), False eval mode, None
+        keeps the module's.
+      rngs_at_call: pass ``rngs=`` to ``__call__``; None when its signature has ``rngs``.
+      **call_kwargs: further keywords of the module's ``__call__``.
 
     Returns:
-      ``(apply, params)`` with ``apply(params, inputs, key=None) -> logits``; a given
-      ``key`` reseeds every rng stream of the module (``fold_in(key, i)``), so dropout
-      masks change every step under ``make_step(..., pass_rng=True)``.
+      ``(apply, params)``: a `StatefulApply` whose ``model_state`` is the copy's
+      non-``Param`` state (pass it to ``init_state(..., model_state=apply.model_state)``)
+      and the copy's ``nnx.Param`` state.
+
+    Raises:
+      TypeError: ``module`` is not an nnx module, or a bad ``train``.
     """
-    from flax import nnx
-
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"module must be a flax.nnx.Module, got {type(module).__name__}")
+    if train is not None and not isinstance(train, bool):
+        raise TypeError(f"train must be True, False or None, got {train!r}")
+    copy = nnx.clone(module)
     if train is not None:
-        copy = nnx.merge(graphdef, params, rest)
         copy.train() if train else copy.eval()
-        graphdef, params, rest = nnx.split(copy, nnx.Param, ...)
+    if rngs_at_call is None:
+        rngs_at_call = "rngs" in inspect.signature(type(copy).__call__).parameters
+    graphdef, params, model_state = nnx.split(copy, nnx.Param, ...)
+    guard, bound = _nnx_guard(copy)
 
-    def apply(p, inputs, key=None):
-        other = rest
-        if key is not None:
-            leaves, treedef = jax.tree.flatten(rest)
-            leaves = [
-                jax.random.fold_in(key, i)
-                if jnp.issubdtype(getattr(x, "dtype", None) or np.float32, jax.dtypes.prng_key)
-                else x
-                for i, x in enumerate(leaves)
-            ]
-            other = jax.tree.unflatten(treedef, leaves)
-        return nnx.merge(graphdef, p, other)(inputs)
+    def run_copy(p, state, inputs, key):
+        merged = state if key is None else _reseed(state, key)
+        model = nnx.merge(graphdef, p, merged, copy=True)
+        kwargs = dict(call_kwargs)
+        if rngs_at_call and key is not None:
+            kwargs["rngs"] = nnx.Rngs(jax.random.fold_in(key, 1 << 30))
+        out = model(inputs, **kwargs)
+        _, _, new = nnx.split(model, nnx.Param, ...)
+        return out, _keep_rng_state(new, state)
 
+    def forward(p, state, inputs, key):
+        if not jax.tree.leaves(model_state) and not jax.tree.leaves(state):
+            return run_copy(p, model_state, inputs, key)[0], state  # {}: the empty state
+        if jax.tree.structure(state) != jax.tree.structure(model_state):
+            bad = tree.first_mismatch(model_state, state) or "<structure>"
+            raise ValueError(
+                "the model state does not match the module's non-Param state (first "
+                f"difference at {bad!r}); pass init_state(..., model_state=apply.model_state)"
+            )
+        return run_copy(p, state, inputs, key)
+
+    def statistic_leaves(state):
+        flags = []
+        for v in jax.tree.leaves(state, is_leaf=_is_variable):
+            flags += [isinstance(v, nnx.BatchStat)] * len(jax.tree.leaves(v))
+        return flags
+
+    mode = _nnx_mode(copy, train)
+    apply = StatefulApply(forward, model_state, bound, mode, statistic_leaves, guard)
     return apply, params

@@ -10,21 +10,40 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightcomp.train._batch import batch_parts
+from lightcomp.train._batch import batch_parts, check_logits
 from lightcomp.train._state import DistillState
+from lightcomp.train._stateful import StatefulApply, as_stateful
 
 PyTree = Any
 Apply = Callable[..., jax.Array]
 
 
-def _batch_counts(apply, params, inputs, labels):
-    logits = jnp.asarray(apply(params, inputs)).astype(jnp.float32)
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-    nll = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-    return correct, nll
+def _batch_counts(apply, params, model_state, inputs, labels, weights):
+    """(weighted) correct tokens, summed cross-entropy and the token weight of one batch."""
+    out, _ = as_stateful(apply, False).run(params, model_state, inputs)
+    logits = jnp.asarray(out).astype(jnp.float32)
+    w = check_logits(logits, logits, labels, weights)
+    correct = jnp.argmax(logits, -1) == labels
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if w is None:
+        return jnp.sum(correct), jnp.sum(nll), correct.size
+    return jnp.sum(w * correct), jnp.sum(w * nll), jnp.sum(w)
 
 
 _batch_counts_jit = jax.jit(_batch_counts, static_argnums=0)
+
+
+def _as_batches(batches, batch_size):
+    """``(inputs, labels)`` arrays as batches of ``batch_size`` rows; batches as they are."""
+    if isinstance(batches, tuple) and len(batches) == 2 and not isinstance(batches[0], Mapping):
+        x, y = batches
+        if len(x) != len(y):
+            raise ValueError(f"inputs and labels differ in length: {len(x)} != {len(y)}")
+        return (
+            {"inputs": x[i : i + batch_size], "labels": y[i : i + batch_size]}
+            for i in range(0, len(x), batch_size)
+        )
+    return batches
 
 
 def evaluate(
@@ -33,39 +52,52 @@ def evaluate(
     batches: Iterable[Mapping[str, Any]] | tuple[np.ndarray, np.ndarray],
     *,
     batch_size: int = 512,
+    model_state: PyTree = None,
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``apply(params, inputs)`` over a finite dataset.
 
+    Both are means over tokens for a sequence model (logits ``[batch, ..., classes]``,
+    labels ``[batch, ...]``), weighted by ``batch["weights"]`` where batches carry them.
+
     Args:
-      apply: ``(params, inputs) -> logits``; for a compressed student pass the
-        effective params (`effective_params`).
+      apply: ``(params, inputs) -> logits`` or an eval-mode `StatefulApply`
+        (``linen_apply(module, train=False)``: running statistics read, not updated);
+        for a compressed student pass the effective params (`effective_params`).
       params: the parameters.
-      batches: a finite iterable of ``{"inputs", "labels"}`` batches, or a pair
-        ``(inputs, labels)`` of arrays split into ``batch_size`` rows.
+      batches: a finite iterable of ``{"inputs", "labels"[, "weights"]}`` batches, or a
+        pair ``(inputs, labels)`` of arrays split into ``batch_size`` rows.
       batch_size: rows per batch when ``batches`` is a pair of arrays.
+      model_state: the model's state (``state.model_state``); default the adapter's own.
 
     Returns:
-      ``{"accuracy": float, "loss": float, "count": int}``.
+      ``{"accuracy": float, "loss": float, "count": int}`` (``count``: rows).
+
+    Raises:
+      ValueError: a train-mode `StatefulApply`, an empty dataset, bad batches.
     """
-    if isinstance(batches, tuple) and len(batches) == 2 and not isinstance(batches[0], Mapping):
-        x, y = batches
-        if len(x) != len(y):
-            raise ValueError(f"inputs and labels differ in length: {len(x)} != {len(y)}")
-        batches = (
-            {"inputs": x[i : i + batch_size], "labels": y[i : i + batch_size]}
-            for i in range(0, len(x), batch_size)
-        )
-    correct = nll = 0.0
+    if isinstance(apply, StatefulApply):
+        if apply.train:
+            raise ValueError(
+                "evaluate needs an eval-mode apply (train=False): a train-mode one would "
+                "normalise with batch statistics and drop units"
+            )
+        model_state = apply.model_state if model_state is None else model_state
+    model_state = {} if model_state is None else model_state
+    correct = nll = total = 0.0
     count = 0
-    for b in batches:
-        batch_parts(b, needs_labels=True, has_teacher=True)
-        c, n = _batch_counts_jit(apply, params, b["inputs"], b["labels"])
+    for b in _as_batches(batches, batch_size):
+        parts = batch_parts(b, needs_labels=True, has_teacher=True)
+        c, n, w = _batch_counts_jit(
+            apply, params, model_state, parts.inputs, parts.labels, parts.weights
+        )
         correct += float(c)
         nll += float(n)
-        count += int(np.shape(b["labels"])[0])
+        total += float(w)
+        count += int(np.shape(parts.labels)[0])
     if count == 0:
         raise ValueError("batches is empty")
-    return {"accuracy": correct / count, "loss": nll / count, "count": count}
+    total = total if total > 0 else 1.0
+    return {"accuracy": correct / total, "loss": nll / total, "count": count}
 
 
 def fit(

@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 import lightcomp as lc
 from lightcomp import parallel
+from tests.train.helpers import STATEFUL, family, key_data, run
 
 N_DEV = 8
 STEPS = 5
@@ -232,6 +233,63 @@ def test_pmap_step_with_compressed_gradient_all_reduce(setup, reference):
     assert not mask.all() and np.all(kernel[~mask] == 0.0)
 
 
+# --------------------------------------------------------------------------- model families
+
+FAMILY_STEPS = 3
+
+# (family, dropout, BatchNorm axis of the nnx CNN, how): dropout draws per-device masks
+# under pmap and shard_map (each device folds its index into the key), so those runs
+# compare without it; data_parallel draws the global batch's masks and keeps dropout.
+FAMILY_CASES = [
+    ("resnet", 0.1, None, "pmap"),
+    ("resnet", 0.1, None, "mesh"),
+    ("resnet", 0.1, None, "shard_map"),
+    ("lm", 0.0, None, "pmap"),  # padding falls unevenly across devices
+    ("lm", 0.1, None, "mesh"),
+    ("linen_scan", 0.0, None, "shard_map"),
+    ("linen_scan", 0.1, None, "mesh"),
+    ("nnx_cnn", 0.0, "batch", "pmap"),
+    ("nnx_cnn", 0.1, None, "mesh"),
+    ("nnx_scan", 0.1, None, "mesh"),
+]
+
+
+def _many_devices(f, how):
+    if how == "pmap":
+        return parallel.pmap_step(f.step(axis_name="batch"))
+    if how == "shard_map":  # the mesh's "data" axis bound as BatchNorm's "batch"
+        return parallel.shard_map_step(f.step(axis_name="batch"), parallel.make_mesh())
+    return parallel.data_parallel(f.step(), parallel.make_mesh(), donate=False)
+
+
+@pytest.mark.parametrize(("name", "dropout", "bn_axis", "how"), FAMILY_CASES)
+def test_model_families_on_eight_devices_match_one_device(name, dropout, bn_axis, how):
+    """BatchNorm statistics, token weights and dropout: 8 devices = 1 on the global batch."""
+    f = family(name, dropout, bn_axis)
+    _, ref_states, ref_metrics = run(name, dropout, bn_axis)
+    step = _many_devices(f, how)
+    state = f.init()
+    for i, b in enumerate(f.batches[:FAMILY_STEPS]):
+        state, m = step(
+            state, f.teacher_params, parallel.shard_batch(b, N_DEV) if how == "pmap" else b
+        )
+        if how == "pmap":
+            m = jax.tree.map(lambda v: v[0], m)
+        ref = ref_states[i]
+        chex.assert_trees_all_close(
+            key_data(state.model_state), key_data(ref.model_state), rtol=1e-4, atol=1e-5
+        )
+        chex.assert_trees_all_close(state.params, ref.params, rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_close(m, ref_metrics[i], rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_equal(_masks(state), _masks(ref))
+    if name in STATEFUL:  # the statistics did move: the comparison is not of constants
+        start = jax.tree.leaves(f.model_state)
+        assert any(
+            not np.allclose(a, b)
+            for a, b in zip(start, jax.tree.leaves(state.model_state), strict=True)
+        )
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -248,7 +306,17 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="data_axis 'rows'"):
         parallel.data_parallel(_noop, mesh, data_axis="rows")
     with pytest.raises(ValueError, match="axis_name 'batch'"):
-        parallel.shard_map_step(_noop, mesh, axis_name="batch")
+        parallel.shard_map_step(
+            _noop, jax.sharding.Mesh(mesh.devices, ("x", "y")), axis_name="batch"
+        )
+    built = lc.train.make_step(lambda p, x: x, None, optax.sgd(0.1), lc.identity(), alpha=0.0)
+    with pytest.raises(ValueError, match="built without axis_name"):
+        parallel.pmap_step(built)
+    named = lc.train.make_step(
+        lambda p, x: x, None, optax.sgd(0.1), lc.identity(), alpha=0.0, axis_name="batch"
+    )
+    with pytest.raises(ValueError, match=r"averages over axis_name='batch'.*'data'"):
+        parallel.shard_map_step(named, mesh, axis_name="data")
     with pytest.raises(TypeError, match="step must be callable"):
         parallel.pmap_step(None)
     with pytest.raises(TypeError, match="step must be callable"):

@@ -3,13 +3,26 @@
 import chex
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 import lightcomp as lc
 from lightcomp import train
-from tests.train.helpers import CLASSES, HIDDEN, IN
+from tests.train.helpers import (
+    CLASSES,
+    HIDDEN,
+    IN,
+    NAMES,
+    STATEFUL,
+    NnxCNN,
+    NnxScanMLP,
+    family,
+    key_data,
+    run,
+)
 
 
 class _DropoutMLP(nn.Module):
@@ -88,3 +101,97 @@ def test_nnx_dropout_train_mode(batch):
     np.testing.assert_allclose(apply(params, x, jax.random.key(1)), a)
     w, bias = np.asarray(params["lin"]["kernel"]), np.asarray(params["lin"]["bias"])
     np.testing.assert_allclose(eval_apply(params, x), x @ w + bias, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- model families
+
+
+def _masked_weights_are_zero(state):
+    masks = lc.transform.masks_of(state.comp_state)
+    flat_m = jax.tree_util.tree_flatten_with_path(masks)[0]
+    checked = 0
+    for path, m in flat_m:
+        w = np.asarray(dict(lc.tree.leaves_with_paths(state.params))[lc.tree.path_str(path)])
+        assert np.all(w[~np.asarray(m)] == 0.0), lc.tree.path_str(path)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_trains_in_make_step(name):
+    """Loss falls, pruned kernels stay exactly 0, BatchNorm statistics move, the teacher's stay."""
+    f = family(name)
+    _, states, metrics = run(name)
+    losses = [float(m["loss"]) for m in metrics]
+    assert losses[-1] < losses[0], losses
+    final = states[-1]
+    assert _masked_weights_are_zero(final) >= 2
+    assert abs(float(metrics[-1]["sparsity"]) - 0.5) < 0.01
+    chex.assert_trees_all_equal_structs(final.model_state, f.model_state)
+    start, end = (
+        jax.tree.leaves(key_data(f.model_state)),
+        jax.tree.leaves(key_data(final.model_state)),
+    )
+    stats = f.train_apply.statistics(f.model_state)
+    moved = [not np.array_equal(a, b) for a, b, s in zip(start, end, stats, strict=True) if s]
+    assert (len(moved) > 0 and all(moved)) == (name in STATEFUL), (name, moved)
+    if name == "nnx_scan":  # stacked rng streams: one key per layer, carried unchanged
+        keys = final.model_state["blocks"]["drop"]["rngs"]["key"][...]
+        assert keys.shape == (3,) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    chex.assert_trees_all_equal(key_data(final.teacher_state), key_data(f.teacher_state))
+    # evaluation reads the new running statistics and changes nothing
+    eff = train.effective_params(final, f.transform)
+    out = train.evaluate(f.eval_apply, eff, f.batches[:2], model_state=final.model_state)
+    assert 0.0 <= out["accuracy"] <= 1.0 and np.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_checkpoint_resumes_equal(name, tmp_path):
+    """Saved after 3 steps (model state included), restored, 3 more steps: the same state."""
+    f = family(name)
+    step, states, _ = run(name)
+    lc.checkpoint.save(tmp_path / "ckpt", states[2], 3)
+    back = lc.checkpoint.restore(tmp_path / "ckpt", f.init(seed=7))
+    chex.assert_trees_all_equal(key_data(back), key_data(states[2]))
+    for b in f.batches[3:]:
+        back, _ = step(back, f.teacher_params, b)
+    chex.assert_trees_all_equal(key_data(back), key_data(states[-1]))
+
+
+def test_nnx_adapter_never_touches_the_module_and_works_under_jit():
+    """BatchNorm + Dropout with rngs at call (the nnx tutorial's CNN): the user's module
+    keeps its statistics, rng streams and mode, eagerly and under jit."""
+    module = NnxCNN(rngs=nnx.Rngs(0))
+    module.eval()
+    before = key_data(nnx.state(module))
+    apply, params = train.nnx_apply(module, train=True)
+    assert apply.train is True and module.bn.use_running_average is True
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    eager, new_state = apply.run(params, apply.model_state, x, jax.random.key(1))
+    jitted = jax.jit(apply)
+    a, b = jitted(params, x, jax.random.key(1)), jitted(params, x, jax.random.key(2))
+    np.testing.assert_allclose(a, eager, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a, b)  # rngs=nnx.Rngs(key) at call: dropout follows the key
+    assert not np.allclose(new_state["bn"]["mean"][...], apply.model_state["bn"]["mean"][...])
+    chex.assert_trees_all_equal(key_data(nnx.state(module)), before)
+    chex.assert_trees_all_equal(
+        key_data(apply.model_state), key_data(nnx.state(module, nnx.BatchStat))
+    )
+    # eval mode reads the running statistics: module(x) in eval mode, exactly
+    eval_apply, _ = train.nnx_apply(module, train=False)
+    np.testing.assert_allclose(jax.jit(eval_apply)(params, x), module(x), rtol=1e-5, atol=1e-6)
+
+
+def test_nnx_scanned_layers_keep_stacked_rng_keys():
+    """nnx.vmap/nnx.scan blocks holding rng streams: one key per layer, reseeded per call."""
+    apply, params = train.nnx_apply(NnxScanMLP(rngs=nnx.Rngs(0, dropout=1)), train=True)
+    keys = apply.model_state["blocks"]["drop"]["rngs"]["key"][...]
+    assert keys.shape == (3,)
+    x = np.random.default_rng(1).random((4, 64), dtype=np.float32)
+    run = jax.jit(apply.run)
+    out1, s1 = run(params, apply.model_state, x, jax.random.key(1))
+    out2, _ = run(params, apply.model_state, x, jax.random.key(2))
+    again, _ = run(params, apply.model_state, x, jax.random.key(1))
+    assert not np.allclose(out1, out2)
+    np.testing.assert_array_equal(out1, again)
+    chex.assert_trees_all_equal(key_data(s1), key_data(apply.model_state))

@@ -6,7 +6,14 @@ import pytest
 
 import lightcomp as lc
 from lightcomp import train
-from tests.train.helpers import BATCH, np_forward, np_log_softmax
+from tests.train.helpers import (
+    BATCH,
+    np_forward,
+    np_log_softmax,
+    token_apply,
+    token_batch,
+    token_params,
+)
 
 
 def test_evaluate_against_numpy(teacher, digits):
@@ -44,3 +51,25 @@ def test_fit_progress_history_and_eval(plain_step, teacher, digits):
     assert {"loss", "accuracy", "agreement", "sparsity"} <= set(history[0])
     with pytest.raises(ValueError, match="ran out"):
         train.fit(step, state, t_params, iter([]), steps=1, progress=False)
+
+
+def test_evaluate_token_models_over_weighted_tokens():
+    params = token_params(5)
+    batches = [token_batch(6, rows=8), token_batch(7, rows=8)]
+    out = train.evaluate(token_apply, params, batches)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    correct = nll = total = 0.0
+    for b in batches:
+        s = np.asarray(b["inputs"], np.float64) @ p["w"] + p["b"]
+        w = b["weights"].astype(np.float64)
+        correct += (w * (s.argmax(-1) == b["labels"])).sum()
+        nll += (
+            w * -np.take_along_axis(np_log_softmax(s), b["labels"][..., None], -1)[..., 0]
+        ).sum()
+        total += w.sum()
+    assert out["count"] == 16
+    np.testing.assert_allclose(out["accuracy"], correct / total, rtol=1e-6)
+    np.testing.assert_allclose(out["loss"], nll / total, rtol=1e-5)
+    unweighted = [{k: v for k, v in b.items() if k != "weights"} for b in batches]
+    everything = train.evaluate(token_apply, params, unweighted)["accuracy"]
+    assert everything != out["accuracy"]  # padding would count without the weights

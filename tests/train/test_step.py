@@ -19,6 +19,9 @@ from tests.train.helpers import (
     mlp,
     np_forward,
     np_log_softmax,
+    token_apply,
+    token_batch,
+    token_params,
 )
 
 
@@ -259,3 +262,68 @@ def test_bad_logits_state_and_config(plain_step, teacher, student, batch):
         train.make_step(s_apply, t_apply, opt, lambda p: p)
     with pytest.raises(TypeError, match="optimizer"):
         train.init_state(s_params, object(), lc.identity(), jax.random.key(0))
+
+
+# --------------------------------------------------------------------------- sequence models
+
+
+@pytest.fixture(scope="module")
+def token_run():
+    s_params, t_params = token_params(1), token_params(2)
+    opt = optax.sgd(0.5)
+    step = jax.jit(train.make_step(token_apply, token_apply, opt, lc.identity()))
+    state = train.init_state(s_params, opt, lc.identity(), jax.random.key(0))
+    return step, state, t_params
+
+
+def test_token_loss_metrics_and_update_against_numpy(token_run):
+    """Token logits, labels and a padding mask: every number is a weighted token mean."""
+    step, state, t_params = token_run
+    b = token_batch(3)
+    new, m = step(state, t_params, b)
+    f64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)
+    p, tp = f64(state.params), f64(t_params)
+    x, y, w = np.asarray(b["inputs"], np.float64), b["labels"], b["weights"].astype(np.float64)
+    s, t = x @ p["w"] + p["b"], x @ tp["w"] + tp["b"]
+    mean = lambda v: (w * v).sum() / w.sum()
+    ce = mean(-np.take_along_axis(np_log_softmax(s), y[..., None], -1)[..., 0])
+    lps, lpt = np_log_softmax(s / 4.0), np_log_softmax(t / 4.0)
+    kl = 16.0 * mean((np.exp(lpt) * (lpt - lps)).sum(-1))
+    np.testing.assert_allclose(m["label_loss"], ce, rtol=1e-5)
+    np.testing.assert_allclose(m["distill_loss"], kl, rtol=1e-4)
+    np.testing.assert_allclose(m["loss"], 0.5 * kl + 0.5 * ce, rtol=1e-5)
+    np.testing.assert_allclose(m["accuracy"], mean(s.argmax(-1) == y), rtol=1e-6)
+    np.testing.assert_allclose(m["agreement"], mean(s.argmax(-1) == t.argmax(-1)), rtol=1e-6)
+
+    def f(params):
+        sl, tl = token_apply(params, b["inputs"]), token_apply(t_params, b["inputs"])
+        return lc.distill.loss(sl, tl, b["labels"], weights=b["weights"])
+
+    g = jax.grad(f)(state.params)
+    chex.assert_trees_all_close(
+        new.params, jax.tree.map(lambda a, d: a - 0.5 * d, state.params, g), rtol=1e-5, atol=1e-6
+    )
+    # padded tokens count for nothing: other inputs and labels there, the same step
+    pad = ~b["weights"]
+    other = {
+        **b,
+        "inputs": np.where(pad[..., None], 100.0, b["inputs"]).astype(np.float32),
+        "labels": np.where(pad, 0, b["labels"]).astype(np.int32),
+    }
+    new2, m2 = step(state, t_params, other)
+    chex.assert_trees_all_close(new2.params, new.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(m2, m, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda b: {**b, "weights": b["weights"][:, :-1]}, r'batch\["weights"\] must have shape'),
+        (lambda b: {**b, "weights": b["weights"][:-1]}, r'batch\["weights"\] has shape'),
+        (lambda b: {**b, "labels": b["labels"][:, 0]}, r'batch\["labels"\] must be int \[32, 8\]'),
+    ],
+)
+def test_token_batches_of_the_wrong_shape(token_run, change, match):
+    step, state, t_params = token_run
+    with pytest.raises(ValueError, match=match):
+        step(state, t_params, change(token_batch(4)))
