@@ -37,13 +37,16 @@ References:
 
 from lightcomp.export._file import load, save
 from lightcomp.export._format import FORMAT_VERSION, MAGIC
+from lightcomp.export._integers import Integers, integers
 from lightcomp.export._pack import Packed, pack, unpack
 from lightcomp.export._report import report, report_table
 
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "Integers",
     "Packed",
+    "integers",
     "load",
     "pack",
     "report",

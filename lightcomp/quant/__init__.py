@@ -34,6 +34,12 @@ from lightcomp.quant._calibration import (
 from lightcomp.quant._cast import cast
 from lightcomp.quant._fake_quant import fake_quant
 from lightcomp.quant._grads import dequantize_grads, grad_scales, quantize_grads
+from lightcomp.quant._int_dot import (
+    PackedInt4,
+    int_conv_general_dilated,
+    int_dot_general,
+    pack_int4,
+)
 from lightcomp.quant._layout import Layout, layout
 from lightcomp.quant._lsq import lsq_fake_quant, lsq_init_scale
 from lightcomp.quant._nnx import FakeQuantInputs, wrap_nnx
@@ -46,6 +52,7 @@ __all__ = [
     "EmaRange",
     "FakeQuantInputs",
     "Layout",
+    "PackedInt4",
     "QTensor",
     "activation_quant",
     "binarize",
@@ -57,11 +64,14 @@ __all__ = [
     "ema_range_update",
     "fake_quant",
     "grad_scales",
+    "int_conv_general_dilated",
+    "int_dot_general",
     "layout",
     "lsq_fake_quant",
     "lsq_init_scale",
     "minmax_range",
     "mse_range",
+    "pack_int4",
     "percentile_range",
     "qrange",
     "quantize",
