@@ -174,7 +174,7 @@ def test_int_conv_equals_the_fake_quant_forward():
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * float(jnp.abs(ref).max()))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(st.lists(st.integers(-8, 7), min_size=1, max_size=21), st.integers(1, 3))
 def test_pack_int4_round_trips(codes, rows):
     c = np.tile(np.asarray(codes), (rows, 1))
@@ -182,7 +182,6 @@ def test_pack_int4_round_trips(codes, rows):
     assert p.shape == c.shape and p.dtype == np.int8
     assert p.data.dtype == jnp.uint8 and p.data.shape == (rows, (c.shape[1] + 1) // 2)
     np.testing.assert_array_equal(p.unpack(), c)
-    np.testing.assert_array_equal(jax.jit(lambda t: t.unpack())(p), c)
 
 
 def test_packed_int4_values_serve_like_int8_in_half_the_memory():
@@ -206,6 +205,7 @@ def test_packed_int4_values_serve_like_int8_in_half_the_memory():
         quant.int_dot_general(x, _qt(codes, scale, axis=1), dn),
     )
     assert packed.values.nbytes == 24 * 5  # ceil(9 / 2) bytes per row
+    np.testing.assert_array_equal(jax.jit(lambda t: t.unpack())(packed.values), codes)
     np.testing.assert_array_equal(quant.dequantize(packed), codes.astype(np.float32) * scale)
 
 
