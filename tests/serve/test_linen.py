@@ -1,0 +1,150 @@
+"""Tests of lightcomp.serve.linen: unmodified linen modules on integer matmuls."""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lightcomp as lc
+from tests.serve.helpers import (
+    LINEN_SERVED,
+    X,
+    Mixed,
+    assert_close_to,
+    fake_quant_kernels,
+    linen_reference,
+)
+
+MODEL = Mixed()
+PARAMS = MODEL.init(jax.random.key(0), X)["params"]
+FQ = fake_quant_kernels(PARAMS)
+QPARAMS = lc.serve.from_packed(lc.export.pack(FQ))
+
+
+@pytest.fixture(scope="module")
+def served():
+    return jax.jit(lc.serve.linen(MODEL))
+
+
+def test_every_layer_kind_runs_integer_and_equals_the_fake_quant_forward(served):
+    kernels = {p: k for p, k in lc.tree.leaves_with_paths(QPARAMS) if p.endswith("kernel/values")}
+    assert len(kernels) == 5 and all(k.dtype == jnp.int8 for k in kernels.values())
+    ref = linen_reference(MODEL, {"params": FQ}, X)
+    assert_close_to(served(QPARAMS, X), ref)
+    assert_close_to(lc.serve.linen(MODEL)(QPARAMS, X), ref)  # not jitted
+    hlo = served.lower(QPARAMS, X).as_text()
+    assert hlo.count("preferred_element_type = i32") + hlo.count("-> tensor<") > 0
+    assert "xi32>" in hlo and "xi8>" in hlo
+
+
+def test_unsigned_inputs_with_a_zero_point():
+    y = jax.jit(lc.serve.linen(MODEL, symmetric=False))(QPARAMS, X)
+    assert_close_to(y, linen_reference(MODEL, {"params": FQ}, X, symmetric=False))
+
+
+def test_served_int8_kernels_occupy_int8_memory(served):
+    compiled = served.lower(QPARAMS, X).compile()
+    leaves = jax.tree.leaves((QPARAMS, X))
+    assert compiled.memory_analysis().argument_size_in_bytes == sum(a.nbytes for a in leaves)
+    n_weights = sum(np.size(w) for p, w in lc.tree.leaves_with_paths(FQ) if p.endswith("kernel"))
+    int8 = [a for a in leaves if a.dtype == jnp.int8]
+    assert sum(a.nbytes for a in int8) == n_weights  # one byte per weight, not four
+
+
+def test_4_bit_kernels_two_per_byte():
+    q4 = lc.serve.from_packed(lc.export.pack(fake_quant_kernels(PARAMS, 4)))
+    k = q4["Dense_0"]["kernel"]
+    assert isinstance(k.values, lc.quant.PackedInt4) and k.bits <= 4
+    assert k.values.nbytes == k.shape[0] * ((k.shape[1] + 1) // 2)
+    y = jax.jit(lc.serve.linen(MODEL))(q4, X)
+    assert_close_to(y, linen_reference(MODEL, {"params": fake_quant_kernels(PARAMS, 4)}, X))
+
+
+def test_calibrated_ranges_from_activation_quant_travel_in_the_packed_file():
+    aq = lc.quant.activation_quant(8, layers=LINEN_SERVED)
+    fn = lambda p, x: MODEL.apply({"params": p}, x)  # noqa: E731
+    state = aq.init(fn, FQ, X)
+    _, state = aq.update(fn, state, FQ, X)
+    x2 = 0.8 * X
+    frozen = aq.apply(fn, state, FQ, x2)  # the fake-quant forward with those ranges
+    served = jax.jit(lc.serve.linen(MODEL, symmetric=False))
+    assert_close_to(served({"params": QPARAMS, "act_ranges": state}, x2), frozen)
+    # one file: parameters and ranges packed together
+    both = lc.serve.from_packed(lc.export.pack({"params": FQ, "act_ranges": state}))
+    assert_close_to(served(both, x2), frozen)
+
+
+def test_float_layers_and_collections():
+    q = {**QPARAMS, "Dense_0": FQ["Dense_0"]}  # the last layer in float
+    y = lc.serve.linen(MODEL, float_layers=["^Dense_0$"])({"params": q}, X)
+    assert_close_to(y, linen_reference(MODEL, {"params": FQ}, X, in_float=("Dense_0",)))
+    with pytest.raises(TypeError, match="'Dense_0'.*float_layers"):
+        lc.serve.linen(MODEL, float_layers="Dense_0")(QPARAMS, X)
+
+
+def test_compiles_once():
+    apply = lc.serve.linen(MODEL)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(q, x):
+        return apply(q, x)
+
+    for s in (1.0, 0.5, 2.0):
+        f(QPARAMS, s * X)
+
+
+class _WithEmbed(nn.Module):
+    @nn.compact
+    def __call__(self, ids):
+        return nn.Dense(2)(nn.Embed(10, 4)(ids))
+
+
+def _bad(**replace):
+    q = {k: dict(v) for k, v in QPARAMS.items()}
+    for path, value in replace.items():
+        layer, name = path.split("/")
+        q[layer][name] = value
+    return q
+
+
+def test_bad_input_names_the_layer():
+    apply = lc.serve.linen(MODEL)
+    with pytest.raises(TypeError, match="'Dense_0': kernel is a float32"):
+        apply(_bad(**{"Dense_0/kernel": FQ["Dense_0"]["kernel"]}), X)
+    with pytest.raises(ValueError, match="'Dense_0'.*axis 0, which is contracted"):
+        apply(_bad(**{"Dense_0/kernel": lc.quant.quantize(FQ["Dense_0"]["kernel"], axis=0)}), X)
+    with pytest.raises(ValueError, match="'Dense_0'.*12-bit"):
+        apply(_bad(**{"Dense_0/kernel": lc.quant.quantize(FQ["Dense_0"]["kernel"], 12)}), X)
+    with pytest.raises(ValueError, match="'Dense_0'.*does not fit"):
+        apply(_bad(**{"Dense_0/kernel": QPARAMS["DenseGeneral_1"]["kernel"]}), X)
+    with pytest.raises(ValueError, match="not served"):
+        apply({"params": QPARAMS, "act_ranges": {"Dense_9": {"inputs": (0.0, 1.0)}}}, X)
+    with pytest.raises(TypeError, match="'Conv_0'.*cannot be quantized"):
+        apply(QPARAMS, X.astype(jnp.int32))
+    embed = _WithEmbed()
+    ids = jnp.array([[1, 2]])
+    ep = fake_quant_kernels(embed.init(jax.random.key(0), ids)["params"])
+    ep["Embed_0"]["embedding"] = lc.quant.quantize(ep["Embed_0"]["embedding"])
+    with pytest.raises(TypeError, match="'Embed_0'.*not a served layer"):
+        lc.serve.linen(embed)(
+            lc.serve.from_packed(lc.export.pack(ep)) | {"Embed_0": ep["Embed_0"]}, ids
+        )
+    custom = nn.Dense(3, dot_general=lambda *a, **k: jax.lax.dot_general(*a, **k))
+    cp = lc.serve.from_packed(
+        lc.export.pack(
+            fake_quant_kernels(custom.init(jax.random.key(0), jnp.ones((1, 4)))["params"])
+        )
+    )
+    with pytest.raises(ValueError, match="custom dot_general"):
+        lc.serve.linen(custom)(cp, jnp.ones((1, 4)))
+    with pytest.raises(TypeError, match="module"):
+        lc.serve.linen(lambda x: x)
+    with pytest.raises(ValueError, match="bits"):
+        lc.serve.linen(MODEL, bits=9)
+    with pytest.raises(TypeError, match="symmetric"):
+        lc.serve.linen(MODEL, symmetric="yes")
