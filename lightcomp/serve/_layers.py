@@ -64,7 +64,7 @@ def _tuple(x: Any) -> tuple:
 
 
 def check_layer(mod: Any, path: str) -> str:
-    """The layer's kind; a custom op or a local convolution is a ValueError naming ``path``."""
+    """The layer's kind; another layer type (TypeError) or a custom op (ValueError) names ``path``."""
     kind = kind_of(mod)
     if kind is None:
         raise TypeError(
@@ -78,8 +78,6 @@ def check_layer(mod: Any, path: str) -> str:
                 f"layer {path!r} ({type(mod).__name__}) has a custom {name}; integer serving "
                 "runs its own integer op and cannot honour it"
             )
-    if kind == "conv" and not getattr(mod, "shared_weights", True):
-        raise TypeError(f"layer {path!r}: unshared (local) convolutions are not served")
     return kind
 
 
