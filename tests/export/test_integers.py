@@ -94,11 +94,11 @@ def test_a_010_file_reads_as_integers():
 
 def test_bad_arguments():
     packed = export.pack({"w": jnp.asarray(W)})
-    with pytest.raises(TypeError, match="Packed"):
+    with pytest.raises(TypeError, match=r"Packed"):
         export.integers({"w": W}, "w")
-    with pytest.raises(ValueError, match="not a packed leaf"):
+    with pytest.raises(ValueError, match=r"not a packed leaf"):
         export.integers(packed, "Dense_0/kernel")
-    with pytest.raises(TypeError, match="path"):
+    with pytest.raises(TypeError, match=r"path"):
         export.integers(packed, 0)
-    with pytest.raises(TypeError, match="search"):
+    with pytest.raises(TypeError, match=r"search"):
         export.integers(packed, "w", search="no")

@@ -227,21 +227,21 @@ def test_int_dot_general_bad_operands():
     dn = (((1,), (0,)), ((), ()))
     x = quant.quantize(jnp.ones((2, 6)))
     w = quant.quantize(jnp.asarray(RNG.normal(size=(6, 3)).astype(np.float32)), axis=-1)
-    with pytest.raises(TypeError, match="rhs must be a lightcomp.quant.QTensor"):
+    with pytest.raises(TypeError, match=r"rhs must be a lightcomp.quant.QTensor"):
         quant.int_dot_general(x, jnp.ones((6, 3)), dn)
-    with pytest.raises(ValueError, match="12-bit codes"):
+    with pytest.raises(ValueError, match=r"12-bit codes"):
         quant.int_dot_general(x, quant.quantize(jnp.ones((6, 3)), 12), dn)
-    with pytest.raises(ValueError, match="rhs must be symmetric"):
+    with pytest.raises(ValueError, match=r"rhs must be symmetric"):
         quant.int_dot_general(x, quant.quantize(jnp.ones((6, 3)), symmetric=False), dn)
-    with pytest.raises(ValueError, match="axis 0, which is contracted"):
+    with pytest.raises(ValueError, match=r"axis 0, which is contracted"):
         quant.int_dot_general(x, quant.quantize(jnp.ones((6, 3)), axis=0), dn)
-    with pytest.raises(ValueError, match="per-group scales"):
+    with pytest.raises(ValueError, match=r"per-group scales"):
         quant.int_dot_general(x, quant.quantize(jnp.ones((6, 3)), group_size=2), dn)
-    with pytest.raises(ValueError, match="do not contract"):
+    with pytest.raises(ValueError, match=r"do not contract"):
         quant.int_dot_general(x, w, (((0,), (0,)), ((), ())))
-    with pytest.raises(ValueError, match="dimension_numbers"):
+    with pytest.raises(ValueError, match=r"dimension_numbers"):
         quant.int_dot_general(x, w, (((5,), (0,)), ((), ())))
-    with pytest.raises(TypeError, match="lhs must be"):
+    with pytest.raises(TypeError, match=r"lhs must be"):
         quant.int_conv_general_dilated(jnp.ones((1, 4, 4, 6)), w, (1, 1), "SAME")
-    with pytest.raises((TypeError, ValueError), match="codes"):
+    with pytest.raises((TypeError, ValueError), match=r"codes"):
         quant.pack_int4(np.array([8, 1]))

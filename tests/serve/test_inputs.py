@@ -30,13 +30,13 @@ def test_dynamic_and_calibrated_codes_are_lightcomps_grid():
 
 
 def test_bad_ranges_and_inputs():
-    with pytest.raises(ValueError, match="'d'.*one input range per tensor"):
+    with pytest.raises(ValueError, match=r"'d'.*one input range per tensor"):
         as_range((jnp.zeros(6), jnp.ones(6)), "d")
-    with pytest.raises(TypeError, match="'d'.*EmaRange"):
+    with pytest.raises(TypeError, match=r"'d'.*EmaRange"):
         as_range("0..1", "d")
-    with pytest.raises(TypeError, match="'d'.*cannot be quantized"):
+    with pytest.raises(TypeError, match=r"'d'.*cannot be quantized"):
         quantize_inputs(jnp.arange(4), InputQuant(), None, "d")
-    with pytest.raises(ValueError, match="bits"):
+    with pytest.raises(ValueError, match=r"bits"):
         input_quant(16, True)
-    with pytest.raises(TypeError, match="symmetric"):
+    with pytest.raises(TypeError, match=r"symmetric"):
         input_quant(8, 1)

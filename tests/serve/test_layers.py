@@ -58,9 +58,9 @@ def test_layer_variants_equal_the_fake_quant_forward(name):
 
 def test_kinds_and_unsupported_layers():
     assert kind_of(nn.Dense(2)) == "dense" and kind_of(nn.ConvTranspose(2, (2,))) is None
-    with pytest.raises(TypeError, match="'up' is a ConvTranspose"):
+    with pytest.raises(TypeError, match=r"'up' is a ConvTranspose"):
         check_layer(nn.ConvTranspose(2, (2,)), "up")
-    with pytest.raises(TypeError, match="'loc' is a ConvLocal"):
+    with pytest.raises(TypeError, match=r"'loc' is a ConvLocal"):
         check_layer(nn.ConvLocal(2, (2,)), "loc")
-    with pytest.raises(ValueError, match="'c'.*custom conv_general_dilated"):
+    with pytest.raises(ValueError, match=r"'c'.*custom conv_general_dilated"):
         check_layer(nn.Conv(2, (2,), conv_general_dilated=lambda *a, **k: None), "c")

@@ -12,8 +12,8 @@ import pytest
 import lightcomp as lc
 from tests.serve.helpers import (
     LINEN_SERVED,
-    X,
     Mixed,
+    X,
     assert_close_to,
     fake_quant_kernels,
     linen_reference,
@@ -66,7 +66,7 @@ def test_4_bit_kernels_two_per_byte():
 
 def test_calibrated_ranges_from_activation_quant_travel_in_the_packed_file():
     aq = lc.quant.activation_quant(8, layers=LINEN_SERVED)
-    fn = lambda p, x: MODEL.apply({"params": p}, x)  # noqa: E731
+    fn = lambda p, x: MODEL.apply({"params": p}, x)
     state = aq.init(fn, FQ, X)
     _, state = aq.update(fn, state, FQ, X)
     x2 = 0.8 * X
@@ -82,7 +82,7 @@ def test_float_layers_and_collections():
     q = {**QPARAMS, "Dense_0": FQ["Dense_0"]}  # the last layer in float
     y = lc.serve.linen(MODEL, float_layers=["^Dense_0$"])({"params": q}, X)
     assert_close_to(y, linen_reference(MODEL, {"params": FQ}, X, in_float=("Dense_0",)))
-    with pytest.raises(TypeError, match="'Dense_0'.*float_layers"):
+    with pytest.raises(TypeError, match=r"'Dense_0'.*float_layers"):
         lc.serve.linen(MODEL, float_layers="Dense_0")(QPARAMS, X)
 
 
@@ -114,23 +114,23 @@ def _bad(**replace):
 
 def test_bad_input_names_the_layer():
     apply = lc.serve.linen(MODEL)
-    with pytest.raises(TypeError, match="'Dense_0': kernel is a float32"):
+    with pytest.raises(TypeError, match=r"'Dense_0': kernel is a float32"):
         apply(_bad(**{"Dense_0/kernel": FQ["Dense_0"]["kernel"]}), X)
-    with pytest.raises(ValueError, match="'Dense_0'.*axis 0, which is contracted"):
+    with pytest.raises(ValueError, match=r"'Dense_0'.*axis 0, which is contracted"):
         apply(_bad(**{"Dense_0/kernel": lc.quant.quantize(FQ["Dense_0"]["kernel"], axis=0)}), X)
-    with pytest.raises(ValueError, match="'Dense_0'.*12-bit"):
+    with pytest.raises(ValueError, match=r"'Dense_0'.*12-bit"):
         apply(_bad(**{"Dense_0/kernel": lc.quant.quantize(FQ["Dense_0"]["kernel"], 12)}), X)
-    with pytest.raises(ValueError, match="'Dense_0'.*does not fit"):
+    with pytest.raises(ValueError, match=r"'Dense_0'.*does not fit"):
         apply(_bad(**{"Dense_0/kernel": QPARAMS["DenseGeneral_1"]["kernel"]}), X)
-    with pytest.raises(ValueError, match="not served"):
+    with pytest.raises(ValueError, match=r"not served"):
         apply({"params": QPARAMS, "act_ranges": {"Dense_9": {"inputs": (0.0, 1.0)}}}, X)
-    with pytest.raises(TypeError, match="'Conv_0'.*cannot be quantized"):
+    with pytest.raises(TypeError, match=r"'Conv_0'.*cannot be quantized"):
         apply(QPARAMS, X.astype(jnp.int32))
     embed = _WithEmbed()
     ids = jnp.array([[1, 2]])
     ep = fake_quant_kernels(embed.init(jax.random.key(0), ids)["params"])
     ep["Embed_0"]["embedding"] = lc.quant.quantize(ep["Embed_0"]["embedding"])
-    with pytest.raises(TypeError, match="'Embed_0'.*not a served layer"):
+    with pytest.raises(TypeError, match=r"'Embed_0'.*not a served layer"):
         lc.serve.linen(embed)(
             lc.serve.from_packed(lc.export.pack(ep)) | {"Embed_0": ep["Embed_0"]}, ids
         )
@@ -140,11 +140,11 @@ def test_bad_input_names_the_layer():
             fake_quant_kernels(custom.init(jax.random.key(0), jnp.ones((1, 4)))["params"])
         )
     )
-    with pytest.raises(ValueError, match="custom dot_general"):
+    with pytest.raises(ValueError, match=r"custom dot_general"):
         lc.serve.linen(custom)(cp, jnp.ones((1, 4)))
-    with pytest.raises(TypeError, match="module"):
+    with pytest.raises(TypeError, match=r"module"):
         lc.serve.linen(lambda x: x)
-    with pytest.raises(ValueError, match="bits"):
+    with pytest.raises(ValueError, match=r"bits"):
         lc.serve.linen(MODEL, bits=9)
-    with pytest.raises(TypeError, match="symmetric"):
+    with pytest.raises(TypeError, match=r"symmetric"):
         lc.serve.linen(MODEL, symmetric="yes")

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import lightcomp as lc
-from tests.serve.helpers import NNX_SERVED, X, NnxMixed, assert_close_to, fake_quant_kernels
+from tests.serve.helpers import NNX_SERVED, NnxMixed, X, assert_close_to, fake_quant_kernels
 
 MODEL = NnxMixed(nnx.Rngs(0))
 PARAMS = nnx.state(MODEL, nnx.Param)
@@ -72,11 +72,11 @@ def test_a_wrapped_model_serves_with_its_calibrated_ranges_from_one_file():
 
 def test_bad_input_names_the_layer():
     apply = lc.serve.nnx(MODEL)
-    with pytest.raises(TypeError, match="'conv': kernel is a float32"):
+    with pytest.raises(TypeError, match=r"'conv': kernel is a float32"):
         apply(FQ, X)
-    with pytest.raises(ValueError, match="does not"):
+    with pytest.raises(ValueError, match=r"does not"):
         apply({"nope": {"kernel": jnp.ones((2, 2))}}, X)
-    with pytest.raises(TypeError, match="'conv'.*cannot be quantized"):
+    with pytest.raises(TypeError, match=r"'conv'.*cannot be quantized"):
         apply(QPARAMS, X.astype(jnp.int32))
-    with pytest.raises(TypeError, match="nnx Module"):
+    with pytest.raises(TypeError, match=r"nnx Module"):
         lc.serve.nnx(lambda x: x)

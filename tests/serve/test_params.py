@@ -71,9 +71,9 @@ def test_a_010_file_and_nnx_paths():
 
 def test_bad_arguments():
     packed = lc.export.pack(_tree(8))
-    with pytest.raises(TypeError, match="Packed"):
+    with pytest.raises(TypeError, match=r"Packed"):
         lc.serve.from_packed(_tree(8))
-    with pytest.raises(TypeError, match="names"):
+    with pytest.raises(TypeError, match=r"names"):
         lc.serve.from_packed(packed, names="kernel")
-    with pytest.raises(TypeError, match="int4"):
+    with pytest.raises(TypeError, match=r"int4"):
         lc.serve.from_packed(packed, int4=1)
