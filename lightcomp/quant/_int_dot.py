@@ -206,8 +206,8 @@ def int_dot_general(
       >>> x = lc.quant.quantize(jnp.array([[0.5, -1.0], [0.25, 1.0]]))
       >>> w = lc.quant.quantize(jnp.array([[1.0, 2.0], [-1.0, 0.5]]), axis=-1)
       >>> lc.quant.int_dot_general(x, w, (((1,), (0,)), ((), ())))
-      Array([[ 1.503937  ,  0.496063  ],
-             [-0.74803144,  1.003937  ]], dtype=float32)
+      Array([[ 1.503937 ,  0.503937 ],
+             [-0.7480315,  1.007874 ]], dtype=float32)
     """
     for qt, name in ((lhs, "lhs"), (rhs, "rhs")):
         if not isinstance(qt, QTensor):

@@ -127,8 +127,9 @@ def nnx(
         of ``apply``; a ``qparams`` leaf the model does not have.
 
     Example:
-      >>> model = lc.models.NnxMLP((6, 8, 3), rngs=flax.nnx.Rngs(0))
-      >>> params = flax.nnx.state(model, flax.nnx.Param)
+      >>> from flax import nnx
+      >>> model = lc.models.NnxMLP((6, 8, 3), rngs=nnx.Rngs(0))
+      >>> params = nnx.state(model, nnx.Param)
       >>> fq = jax.tree.map(lambda w: lc.quant.fake_quant(w, 8, axis=-1) if w.ndim == 2 else w,
       ...                   params)
       >>> qparams = lc.serve.from_packed(lc.export.pack(fq), like=params)
