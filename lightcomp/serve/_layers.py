@@ -81,6 +81,25 @@ def check_layer(mod: Any, path: str) -> str:
     return kind
 
 
+def served_kind(mod: Any, path: str, holds_qtensor: bool, in_float: bool) -> str | None:
+    """The kind to serve a layer as, or None to run it as written (in float).
+
+    Raises:
+      TypeError: a layer that runs in float (not a served type, or named in
+        ``float_layers``) holds a `lightcomp.quant.QTensor`.
+    """
+    kind = kind_of(mod)
+    if kind is None or in_float:
+        if holds_qtensor:
+            why = "runs in float (float_layers)" if kind else "is not a served layer type"
+            raise TypeError(
+                f"layer {path!r} ({type(mod).__name__}) {why} but holds a QTensor; "
+                "give it float parameters"
+            )
+        return None
+    return check_layer(mod, path)
+
+
 def _kernel(kernel: Any, path: str, expected: tuple) -> quant.QTensor:
     """The layer's kernel, checked: a `QTensor` of the expected shape (its scales: by the op)."""
     if not isinstance(kernel, quant.QTensor):

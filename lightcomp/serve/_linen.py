@@ -16,7 +16,7 @@ import flax.linen as nn
 
 from lightcomp import quant
 from lightcomp.serve._inputs import InputQuant, as_range, input_quant
-from lightcomp.serve._layers import check_layer, forward, kind_of
+from lightcomp.serve._layers import forward, served_kind
 
 RANGES = "act_ranges"  # the collection of calibrated input ranges in a served tree
 
@@ -138,15 +138,9 @@ def linen(
 def _serve_call(mod, path, next_fun, a, kw, act: InputQuant, in_float, ranges, used):
     own = _own_params(mod)
     has_q = any(isinstance(v, quant.QTensor) for v in own.values())
-    if kind_of(mod) is None or in_float(path):
-        if has_q:
-            why = "runs in float (float_layers)" if kind_of(mod) else "is not a served layer type"
-            raise TypeError(
-                f"layer {path!r} ({type(mod).__name__}) {why} but holds a QTensor; "
-                "give it float parameters"
-            )
+    kind = served_kind(mod, path, has_q, in_float(path))
+    if kind is None:
         return next_fun(*a, **kw)
-    kind = check_layer(mod, path)
     rng = layer_range(ranges, path)
     used.add(path)
     return forward(

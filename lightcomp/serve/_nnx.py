@@ -16,7 +16,7 @@ from flax import nnx as fnnx
 
 from lightcomp import quant, tree
 from lightcomp.serve._inputs import InputQuant, input_quant
-from lightcomp.serve._layers import check_layer, forward, kind_of
+from lightcomp.serve._layers import check_layer, forward, served_kind
 from lightcomp.serve._linen import float_rule
 from lightcomp.serve._params import leaf_key
 
@@ -86,12 +86,7 @@ def _swaps(model, act: InputQuant, in_float) -> list[tuple[Any, Any, Any]]:
             isinstance(v, fnnx.Variable) and isinstance(v.get_value(), quant.QTensor)
             for v in vars(inner).values()
         )
-        if kind_of(inner) is None or in_float(path):
-            if has_q:
-                why = "runs in float (float_layers)" if kind_of(inner) else "is not served"
-                raise TypeError(
-                    f"layer {path!r} ({type(inner).__name__}) {why} but holds a QTensor"
-                )
+        if served_kind(inner, path, has_q, in_float(path)) is None:
             continue
         out.append((parent, p[-1], Served(inner, path, lact, ranges)))
     return out
