@@ -47,6 +47,7 @@ LIGHTCOMP_VARIANTS = {
     "int8": "w8a8 (lc.serve.linen)",
     "w4": "w4a8, 4-bit codes two per byte (PackedInt4)",
     "w4_int8": "w4a8, 4-bit codes one int8 each",
+    "w4_jnp_int4": "w4a8, 4-bit codes as jnp.int4 (by hand, no lc.serve)",
     "book_int8": "16 shared values on an 8-bit grid, int8 codes",
     "book_float": "16 shared values: gather in the forward, float32 matmul",
 }

@@ -4,7 +4,8 @@ The quantized kernels are fake-quantized (8-bit symmetric per output channel), p
 (``lc.export.pack``) and read back as ``QTensor``s (int8 codes); ``lc.serve.linen(model)``
 runs ``lc.models.MLP`` unchanged with one int8 x int8 -> int32 dot per layer and the
 activations quantized per tensor, dynamically. Variants measured besides (the choices of
-``lc.serve``): 4-bit kernels held two per byte (``PackedInt4``) or one int8 per code, and a
+``lc.serve``): 4-bit kernels held two per byte (``PackedInt4``), one int8 per code, or as
+``jnp.int4`` (a forward by hand: ``lc.serve`` does not hold ``jnp.int4``), and a
 16-value weight-sharing codebook served as int8 codes (gathered once, at load) or by a
 gather inside the compiled forward followed by a float32 matmul.
 """
@@ -51,6 +52,22 @@ def _book_forward(book, x):
     return x
 
 
+def _int4_forward(layers, x):
+    """4-bit codes held as ``jnp.int4`` (converted to int8 in the forward), per-tensor inputs."""
+    for i, (codes, scale, b) in enumerate(layers):
+        qx = lc.quant.quantize(x)
+        acc = jax.lax.dot_general(
+            qx.values,
+            codes.astype(jnp.int8),
+            (((1,), (0,)), ((), ())),
+            preferred_element_type=jnp.int32,
+        )
+        x = acc.astype(jnp.float32) * (qx.scale * scale) + b
+        if i < len(layers) - 1:
+            x = jax.nn.relu(x)
+    return x
+
+
 def build(args):
     x = jnp.asarray(S.inputs(args.batch))
     params = S.params_dict(jnp)
@@ -63,6 +80,14 @@ def build(args):
     q4 = lc.serve.from_packed(lc.export.pack(fq4))
     q4_int8 = lc.serve.from_packed(lc.export.pack(fq4), int4=False)
     qbook = lc.serve.from_packed(lc.export.pack(_quantized(params, 8, share=16)))
+    int4 = [
+        (
+            jnp.asarray(q4_int8[n]["kernel"].values, jnp.int4),
+            q4_int8[n]["kernel"].scale,
+            q4[n]["bias"],
+        )
+        for n in sorted(q4)
+    ]
     book = _codebook(params)
     book_fn = jax.jit(_book_forward)
     fv = {"params": params}
@@ -71,10 +96,12 @@ def build(args):
         kernels = [q8[n]["kernel"] for n in sorted(q8)]
         nbytes = sum(k.values.nbytes for k in kernels)
         k4 = sum(q4[n]["kernel"].values.nbytes for n in q4)
+        k4j = sum(c.addressable_shards[0].data.on_device_size_in_bytes() for c, _, _ in int4)
         lowered = served.lower(q8, x).compile().memory_analysis()
         err = S.relative_error(served(q8, x), f32(fv, x))
         return (
-            f"int8 kernels {nbytes} B (4-bit packed: {k4} B; float32: {4 * nbytes} B); "
+            f"int8 kernels {nbytes} B (4-bit: {k4} B packed, {k4j} B as jnp.int4 on this "
+            f"device; float32: {4 * nbytes} B); "
             f"compiled arguments {lowered.argument_size_in_bytes} B; "
             f"max|int8 - float32| / max|float32| = {err:.4f}"
         )
@@ -84,6 +111,7 @@ def build(args):
         "int8": S.timed(served, q8, x),
         "w4": S.timed(served, q4, x),
         "w4_int8": S.timed(served, q4_int8, x),
+        "w4_jnp_int4": S.timed(jax.jit(_int4_forward), int4, x),
         "book_int8": S.timed(served, qbook, x),
         "book_float": S.timed(book_fn, book, x),
     }
