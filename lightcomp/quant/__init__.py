@@ -16,6 +16,10 @@ Conventions (fixed by the public contract; round half to even everywhere):
 - Statistics (ranges, scales, zero points) are float32; a fake-quantized tensor keeps its dtype.
 - A zero range (an all-zero tensor or channel) has ``scale = 0`` and quantizes to exactly 0.
 
+Integer matmuls: `int_dot_general` and `int_conv_general_dilated` contract two `QTensor`s
+(int8 codes; 2..4-bit codes may be held two per byte, `PackedInt4`) exactly in int32 and
+rescale once in float32; `lightcomp.serve` runs Flax models on them.
+
 Numerics (rounding, clipping, noise) are kept apart from calibration (where a range comes
 from): every quantizer accepts ``range=(min, max)`` from `minmax_range`, `ema_range_update`,
 `percentile_range` or `mse_range`, and uses the tensor's own min/max when none is given.
