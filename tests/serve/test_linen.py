@@ -148,3 +148,22 @@ def test_bad_input_names_the_layer():
         lc.serve.linen(MODEL, bits=9)
     with pytest.raises(TypeError, match=r"symmetric"):
         lc.serve.linen(MODEL, symmetric="yes")
+
+
+class _WithNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Dense(6)(x))
+        return nn.Dense(2)(nn.relu(x))
+
+
+def test_batch_norm_statistics_travel_in_the_same_file():
+    model = _WithNorm()
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(8, 5)).astype(np.float32))
+    variables = model.init(jax.random.key(0), x)
+    _, upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    fq = {"params": fake_quant_kernels(variables["params"]), **upd}
+    served = lc.serve.from_packed(lc.export.pack(fq))  # parameters and statistics, one file
+    assert isinstance(served["params"]["Dense_0"]["kernel"], lc.quant.QTensor)
+    y = jax.jit(lc.serve.linen(model), static_argnames="train")(served, x, train=False)
+    assert_close_to(y, linen_reference(model, fq, x))
