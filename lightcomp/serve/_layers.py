@@ -189,21 +189,10 @@ def einsum(mod, path, x, kernel, bias, act, rng, einsum_str=None):
     )
     kernel = _kernel(kernel, path, shape)
     perm = tuple(order.index(c) for c in out)
+    perm = None if perm == tuple(range(len(out))) else perm
     bias_shape = tuple(shape[b.index(c)] if c in b else 1 for c in out)
     dtype = _out_dtype(mod, x, kernel, bias)
-    y = _contract(
-        x,
-        kernel,
-        bias,
-        dims,
-        None if perm == tuple(range(len(out))) else perm,
-        bias_shape,
-        dtype,
-        act,
-        rng,
-        path,
-    )
-    return y
+    return _contract(x, kernel, bias, dims, perm, bias_shape, dtype, act, rng, path)
 
 
 def conv(mod, path, x, kernel, bias, act, rng):
@@ -231,7 +220,7 @@ def conv(mod, path, x, kernel, bias, act, rng):
     groups = mod.feature_group_count
     features = _attr(mod, "features", "out_features")
     kernel = _kernel(kernel, path, (*ksize, x.shape[-1] // groups, features))
-    if mod.mask is not None:
+    if mod.mask is not None:  # a 0/1 mask on the weights, as Flax multiplies it
         codes = jnp.where(jnp.asarray(mod.mask) != 0, quant.int_values(kernel.values), 0)
         kernel = dataclasses.replace(kernel, values=codes.astype(jnp.int8))
     nd = x.ndim
