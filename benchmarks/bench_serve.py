@@ -45,6 +45,7 @@ SERVE_PEERS = ("qwix", "aqtp")
 TARGET = 0.40  # lightcomp's int8 serving forward, as a fraction of float32 on CPU
 LIGHTCOMP_VARIANTS = {
     "int8": "w8a8 (lc.serve.linen)",
+    "int8_bf16": "w8a8, operands='bfloat16' (the same exact sums)",
     "w4": "w4a8, 4-bit codes two per byte (PackedInt4)",
     "w4_int8": "w4a8, 4-bit codes one int8 each",
     "w4_jnp_int4": "w4a8, 4-bit codes as jnp.int4 (by hand, no lc.serve)",

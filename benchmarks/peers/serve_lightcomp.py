@@ -3,7 +3,8 @@
 The quantized kernels are fake-quantized (8-bit symmetric per output channel), packed
 (``lc.export.pack``) and read back as ``QTensor``s (int8 codes); ``lc.serve.linen(model)``
 runs ``lc.models.MLP`` unchanged with one int8 x int8 -> int32 dot per layer and the
-activations quantized per tensor, dynamically. Variants measured besides (the choices of
+activations quantized per tensor, dynamically; the same with the codes carried in bfloat16
+(``operands="bfloat16"``: the same exact sums). Variants measured besides (the choices of
 ``lc.serve``): 4-bit kernels held two per byte (``PackedInt4``), one int8 per code, or as
 ``jnp.int4`` (a forward by hand: ``lc.serve`` does not hold ``jnp.int4``), and a
 16-value weight-sharing codebook served as int8 codes (gathered once, at load) or by a
@@ -74,6 +75,7 @@ def build(args):
     model = lc.models.MLP(S.SIZES)
     f32 = jax.jit(model.apply)
     served = jax.jit(lc.serve.linen(model))
+    served_bf16 = jax.jit(lc.serve.linen(model, operands="bfloat16"))
     fq8 = _quantized(params, 8)
     q8 = lc.serve.from_packed(lc.export.pack(fq8))
     fq4 = _quantized(params, 4)
@@ -99,16 +101,19 @@ def build(args):
         k4j = sum(c.addressable_shards[0].data.on_device_size_in_bytes() for c, _, _ in int4)
         lowered = served.lower(q8, x).compile().memory_analysis()
         err = S.relative_error(served(q8, x), f32(fv, x))
+        same = bool(jnp.all(served_bf16(q8, x) == served(q8, x)))
         return (
             f"int8 kernels {nbytes} B (4-bit: {k4} B packed, {k4j} B as jnp.int4 on this "
             f"device; float32: {4 * nbytes} B); "
             f"compiled arguments {lowered.argument_size_in_bytes} B; "
-            f"max|int8 - float32| / max|float32| = {err:.4f}"
+            f"max|int8 - float32| / max|float32| = {err:.4f}; "
+            f"bfloat16 operands give the int8 result bit for bit: {same}"
         )
 
     runners = {
         "f32": S.timed(f32, fv, x),
         "int8": S.timed(served, q8, x),
+        "int8_bf16": S.timed(served_bf16, q8, x),
         "w4": S.timed(served, q4, x),
         "w4_int8": S.timed(served, q4_int8, x),
         "w4_jnp_int4": S.timed(jax.jit(_int4_forward), int4, x),

@@ -17,13 +17,18 @@ Codes of 2..4 bits can be held two per byte (`PackedInt4`, packed along the last
 are unpacked inside the compiled function; on XLA's CPU backend a ``jnp.int4`` array still
 takes one byte per value, so nibbles are the layout that really halves memory.
 
-int32 accumulation is exact while ``K * 127 * 255 < 2**31`` (``K``, the contracted size, up
-to 66,000 terms).
+int32 accumulation is exact while ``K * 128 * 255 < 2**31`` (``K``, the contracted size, up
+to 65,000 terms). ``operands="bfloat16"`` carries the same codes in bfloat16 (every int8 code
+is a bfloat16 exactly) with float32 accumulation: every product and partial sum is an
+integer below ``2**24``, so the sums are the same exact integers while ``K * 128 * 128 <=
+2**24`` (``K <= 1024``), on the bfloat16 dot units some CPUs have (measured in
+``benchmarks/bench_serve.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,8 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lightcomp._checks import check_int, norm_axis
+from lightcomp._checks import check_choice, check_int, norm_axis
 from lightcomp.quant._qtensor import QTensor
+
+OPERANDS = ("int8", "bfloat16")
+BF16_EXACT_TERMS = 2**24 // (128 * 128)  # contracted terms whose bfloat16 sums stay exact
 
 
 @jax.tree_util.register_dataclass
@@ -177,12 +185,29 @@ def _shifted(qt: QTensor) -> jax.Array:
     return lax.bitcast_convert_type(v ^ jnp.uint8(0x80), jnp.int8)
 
 
+def _exact_sums(op, lhs, rhs, operands: str, terms: int, **kw) -> jax.Array:
+    """``op`` (``lax.dot_general`` / ``lax.conv_general_dilated``) on int8 codes: int32 sums."""
+    check_choice(operands, OPERANDS, "operands")
+    if operands == "int8":
+        return op(lhs, rhs, preferred_element_type=jnp.int32, **kw)
+    if terms > BF16_EXACT_TERMS:
+        raise ValueError(
+            f"operands='bfloat16' is exact up to {BF16_EXACT_TERMS} contracted terms; this "
+            f"contraction has {terms}: use operands='int8'"
+        )
+    bf = jnp.bfloat16
+    return op(lhs.astype(bf), rhs.astype(bf), preferred_element_type=jnp.float32, **kw).astype(
+        jnp.int32
+    )  # exact: integers below 2**24
+
+
 def int_dot_general(
     lhs: QTensor,
     rhs: QTensor,
     dimension_numbers: Any,
     *,
     out_dtype: Any = jnp.float32,
+    operands: str = "int8",
 ) -> jax.Array:
     """``lax.dot_general`` of two `QTensor`s: exact int32 accumulation, one float32 rescale.
 
@@ -194,6 +219,8 @@ def int_dot_general(
       dimension_numbers: ``((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))``,
         as `jax.lax.dot_general`.
       out_dtype: the result's dtype (the rescale is float32).
+      operands: ``"int8"`` (int32 accumulation) or ``"bfloat16"`` (the codes in bfloat16,
+        float32 accumulation: the same exact sums, for up to 1024 contracted terms).
 
     Returns:
       ``dot_general(dequantize(lhs), dequantize(rhs))`` of shape ``(batch, lhs free, rhs
@@ -227,7 +254,8 @@ def int_dot_general(
         )
     dn = ((lc_, rc_), (lb, rb))
     rv = int_values(rhs.values)
-    acc = lax.dot_general(_shifted(lhs), rv, dn, preferred_element_type=jnp.int32)
+    terms = math.prod(lhs.shape[a] for a in lc_)
+    acc = _exact_sums(lax.dot_general, _shifted(lhs), rv, operands, terms, dimension_numbers=dn)
     n_lfree, n_rfree = nl - len(lc_) - len(lb), nr - len(rc_) - len(rb)
     if not lhs.symmetric:
         colsum = jnp.sum(rv.astype(jnp.int32), axis=rc_, keepdims=True)
@@ -252,6 +280,7 @@ def int_conv_general_dilated(
     feature_group_count: int = 1,
     *,
     out_dtype: Any = jnp.float32,
+    operands: str = "int8",
 ) -> jax.Array:
     """``lax.conv_general_dilated`` of two `QTensor`s: exact int32 sums, one float32 rescale.
 
@@ -262,6 +291,8 @@ def int_conv_general_dilated(
         feature_group_count: as `jax.lax.conv_general_dilated` (padding adds zeros of the
         dequantized input: the zero point of an asymmetric one).
       out_dtype: the result's dtype.
+      operands: as `int_dot_general` (the contracted terms: window size x input features
+        per group).
 
     Returns:
       ``conv_general_dilated(dequantize(lhs), dequantize(rhs), ...)`` up to float32
@@ -280,17 +311,22 @@ def int_conv_general_dilated(
     check_operand(rhs, "rhs", (ri, *rsp), lhs=False)
     nd = len(lhs.shape)
 
+    kernel = int_values(rhs.values)
+    terms = math.prod(rhs.shape[a] for a in (ri, *rsp))
+
     def conv(x):
-        return lax.conv_general_dilated(
+        return _exact_sums(
+            lax.conv_general_dilated,
             x,
-            int_values(rhs.values),
-            window_strides,
-            padding,
-            lhs_dilation,
-            rhs_dilation,
-            dn,
-            feature_group_count,
-            preferred_element_type=jnp.int32,
+            kernel,
+            operands,
+            terms,
+            window_strides=window_strides,
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dn,
+            feature_group_count=feature_group_count,
         )
 
     def along(s, src_axis, dst_axis):  # a keepdims per-axis array -> the output's axis

@@ -17,26 +17,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from lightcomp import quant
-from lightcomp._checks import check_bool
+from lightcomp._checks import check_bool, check_choice
 
 
 @dataclasses.dataclass(frozen=True)
 class InputQuant:
-    """How a served layer's input is quantized (static).
+    """How a served layer's input is quantized and contracted (static).
 
     Attributes:
       bits: 2..8.
       symmetric: signed codes, ``scale = max|x| / qmax``; otherwise unsigned with a zero
         point (suits inputs after a ReLU).
+      operands: ``"int8"`` or ``"bfloat16"``: how the codes are contracted, exactly either
+        way (`lightcomp.quant.int_dot_general`).
     """
 
     bits: int = 8
     symmetric: bool = True
+    operands: str = "int8"
 
 
-def input_quant(bits: Any, symmetric: Any) -> InputQuant:
+def input_quant(bits: Any, symmetric: Any, operands: Any = "int8") -> InputQuant:
     """A checked `InputQuant`."""
-    return InputQuant(quant.check_bits(bits, hi=8), check_bool(symmetric, "symmetric"))
+    return InputQuant(
+        quant.check_bits(bits, hi=8),
+        check_bool(symmetric, "symmetric"),
+        check_choice(operands, ("int8", "bfloat16"), "operands"),
+    )
 
 
 Range = tuple[jax.Array, jax.Array, jax.Array | None]

@@ -117,10 +117,10 @@ def _kernel(kernel: Any, path: str, expected: tuple) -> quant.QTensor:
     return kernel
 
 
-def _at(path: str, fn, *args):
-    """``fn(*args)``; a TypeError / ValueError it raises gets ``layer 'path': `` in front."""
+def _at(path: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a TypeError / ValueError it raises gets ``layer 'path': ``."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except (TypeError, ValueError) as e:
         raise type(e)(f"layer {path!r}: {e}") from e
 
@@ -135,7 +135,7 @@ def _out_dtype(mod, x, kernel, bias):
 def _contract(x, kernel, bias, dims, perm, bias_shape, dtype, act, rng, path):
     """``dot_general(x, kernel, dims)`` on integers, transposed by ``perm``, plus the bias."""
     qx = quantize_inputs(x, act, rng, path)
-    y = _at(path, quant.int_dot_general, qx, kernel, dims)
+    y = _at(path, quant.int_dot_general, qx, kernel, dims, operands=act.operands)
     if perm is not None:
         y = jnp.transpose(y, perm)
     if bias is not None:
@@ -241,6 +241,7 @@ def conv(mod, path, x, kernel, bias, act, rng):
         k_dil,
         dn,
         groups,
+        operands=act.operands,
     )
     if bias is not None:
         y = y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape).astype(jnp.float32)

@@ -81,7 +81,7 @@ def _swaps(model, act: InputQuant, in_float) -> list[tuple[Any, Any, Any]]:
             if node.outputs:
                 raise ValueError(f"layer {path!r}: output quantization is not served")
             inner, ranges = node.layer, node
-            lact = input_quant(node.bits, node.symmetric)
+            lact = input_quant(node.bits, node.symmetric, act.operands)
         has_q = any(
             isinstance(v, fnnx.Variable) and isinstance(v.get_value(), quant.QTensor)
             for v in vars(inner).values()
@@ -98,6 +98,7 @@ def nnx(
     bits: int = 8,
     symmetric: bool = True,
     float_layers: Sequence[str] = (),
+    operands: str = "int8",
 ) -> Callable[..., Any]:
     """``apply(qparams, inputs, *args, **kwargs)`` running an nnx model on integer matmuls.
 
@@ -109,7 +110,8 @@ def nnx(
 
     Args:
       model: an nnx module (set its mode first, e.g. ``model.eval()``).
-      bits, symmetric, float_layers: as `lightcomp.serve.linen` (paths as ``"layers/0"``).
+      bits, symmetric, float_layers, operands: as `lightcomp.serve.linen` (paths as
+        ``"layers/0"``).
 
     Returns:
       ``apply(qparams, inputs, *args, **kwargs) = copy(inputs, *args, **kwargs)``;
@@ -134,7 +136,7 @@ def nnx(
     """
     if not isinstance(model, fnnx.Module):
         raise TypeError(f"model must be a flax.nnx Module, got {type(model).__name__}")
-    act = input_quant(bits, symmetric)
+    act = input_quant(bits, symmetric, operands)
     in_float = float_rule(float_layers)
     graphdef, state = fnnx.split(model)
 

@@ -95,6 +95,8 @@ def test_int_dot_general_is_the_exact_integer_sum_rescaled(case, symmetric):
     assert got.dtype == jnp.float32 and got.shape == exact.shape
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(jitted, got)
+    # the codes carried in bfloat16 with float32 sums: the same exact integers
+    np.testing.assert_array_equal(quant.int_dot_general(lhs, rhs, dn, operands="bfloat16"), want)
     # unit scales: the float32 result is the integer sum itself
     ones = quant.int_dot_general(
         _qt(lq, 1.0, zp if zp is None else zp.reshape(-1)[0]), _qt(rq, 1.0), dn
@@ -149,6 +151,8 @@ def test_int_conv_is_the_exact_integer_sum_rescaled(symmetric, padding, stride, 
     got = quant.int_conv_general_dilated(lhs, rhs, *args)
     want = exact.astype(np.float32) * (np.float32(0.05) * sk.reshape(1, 1, 1, -1))
     np.testing.assert_array_equal(got, want)
+    bf16 = quant.int_conv_general_dilated(lhs, rhs, *args, operands="bfloat16")
+    np.testing.assert_array_equal(bf16, want)
     jitted = jax.jit(lambda a, b: quant.int_conv_general_dilated(a, b, *args))(lhs, rhs)
     np.testing.assert_array_equal(jitted, got)
 
@@ -241,6 +245,11 @@ def test_int_dot_general_bad_operands():
         quant.int_dot_general(x, w, (((0,), (0,)), ((), ())))
     with pytest.raises(ValueError, match=r"dimension_numbers"):
         quant.int_dot_general(x, w, (((5,), (0,)), ((), ())))
+    big = quant.quantize(jnp.ones((2, 1100)))
+    with pytest.raises(ValueError, match=r"exact up to 1024 contracted terms; this .* 1100"):
+        quant.int_dot_general(big, quant.quantize(jnp.ones((1100, 2))), dn, operands="bfloat16")
+    with pytest.raises(ValueError, match=r"operands"):
+        quant.int_dot_general(x, w, dn, operands="int4")
     with pytest.raises(TypeError, match=r"lhs must be"):
         quant.int_conv_general_dilated(jnp.ones((1, 4, 4, 6)), w, (1, 1), "SAME")
     with pytest.raises((TypeError, ValueError), match=r"codes"):

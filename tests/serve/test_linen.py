@@ -41,9 +41,12 @@ def test_every_layer_kind_runs_integer_and_equals_the_fake_quant_forward(served)
     assert "xi32>" in hlo and "xi8>" in hlo
 
 
-def test_unsigned_inputs_with_a_zero_point():
+def test_unsigned_inputs_with_a_zero_point_and_bfloat16_operands():
     y = jax.jit(lc.serve.linen(MODEL, symmetric=False))(QPARAMS, X)
     assert_close_to(y, linen_reference(MODEL, {"params": FQ}, X, symmetric=False))
+    # the same exact integer sums carried on bfloat16 dot units
+    bf16 = jax.jit(lc.serve.linen(MODEL, symmetric=False, operands="bfloat16"))(QPARAMS, X)
+    np.testing.assert_array_equal(bf16, y)
 
 
 def test_served_int8_kernels_occupy_int8_memory(served):
@@ -148,6 +151,8 @@ def test_bad_input_names_the_layer():
         lc.serve.linen(MODEL, bits=9)
     with pytest.raises(TypeError, match=r"symmetric"):
         lc.serve.linen(MODEL, symmetric="yes")
+    with pytest.raises(ValueError, match=r"operands"):
+        lc.serve.linen(MODEL, operands="float32")
 
 
 class _WithNorm(nn.Module):
