@@ -75,7 +75,27 @@ PEERS: dict[str, dict] = {
         "env": {},
         "label": "PyTorch (nn.utils.prune + torch.ao FakeQuantize), eager",
     },
+    # serving peers of bench_serve.py (integer forward), on the same jax / flax as lightcomp
+    "qwix": {
+        "venv": "qwix",
+        "packages": ["qwix==0.1.8", "jax==0.10.2", "jaxlib==0.10.2", "flax==0.12.8", "numpy"],
+        "worker": "serve_qwix.py",
+        "args": [],
+        "env": {},
+        "label": "qwix PTQ (int8 weights and dynamic activations), jax.jit",
+        "kd": False,
+    },
+    "aqtp": {
+        "venv": "aqtp",
+        "packages": ["aqtp==0.9.0", "jax==0.10.2", "jaxlib==0.10.2", "flax==0.12.8", "numpy"],
+        "worker": "serve_aqt.py",
+        "args": [],
+        "env": {},
+        "label": "AQT serve mode (frozen int8 weights, dynamic activations), jax.jit",
+        "kd": False,
+    },
 }
+KD_PEERS = [p for p, spec in PEERS.items() if spec.get("kd", True)]
 LOCAL = {
     "lightcomp": {"worker": "lightcomp_step.py", "label": "lightcomp (make_step + chain)"},
     "jax": {"worker": "jax_step.py", "label": "JAX + optax by hand, one jit"},
@@ -205,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setup", action="store_true", help="create the peers' environments first")
     parser.add_argument("--venv-dir", type=Path, default=DEFAULT_VENV_DIR)
     parser.add_argument(
-        "--peers", default=",".join(PEERS), help="comma-separated subset of the peers; '' for none"
+        "--peers",
+        default=",".join(KD_PEERS),
+        help="comma-separated subset of the peers; '' for none (qwix, aqtp: --setup only, "
+        "they are measured by bench_serve.py)",
     )
     parser.add_argument("--quick", action="store_true", help="few steps and rounds")
     parser.add_argument("--batch", type=int, default=256)
@@ -223,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup = min(args.warmup, 2)
 
     installed = setup(args.venv_dir, peers) if args.setup else {}
+    peers = [p for p in peers if p in KD_PEERS]  # serving peers: set up here, timed by bench_serve
 
     unavailable: dict[str, str] = {}
     # all workers start (import, compile, warm up) at once; timing then goes one at a time

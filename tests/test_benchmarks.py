@@ -68,7 +68,7 @@ def quick_runs(tmp_path_factory):
 
     def one(script):
         args = [str(script), "--quick"]
-        if script.stem == "bench_peers":
+        if script.stem in ("bench_peers", "bench_serve"):
             args += ["--venv-dir", str(no_peers)]
         try:
             return _run(args, timeout=QUICK_TIMEOUT_S)
@@ -99,6 +99,11 @@ def test_benchmark_quick_mode(script, quick_runs):
         assert float(lightcomp[5]) == pytest.approx(1.0)
         assert "tfmot: NOT MEASURED: not installed" in proc.stdout
         assert "torch: NOT MEASURED: not installed" in proc.stdout
+    if script.stem == "bench_serve":
+        assert [r[0] for r in rows[2:7]] == ["lightcomp"] * 5, rows
+        assert all(float(r[4]) > 0 for r in rows[2:7]), rows
+        assert "qwix: NOT MEASURED: not installed" in proc.stdout
+        assert "aqtp: NOT MEASURED: not installed" in proc.stdout
     if script.stem == "bench_memory":
         assert "OK: compression must not double parameter memory" in proc.stdout
 

@@ -35,5 +35,8 @@ def test_readme_code_blocks_run(tmp_path, capsys):
         assert abs(np.mean(np.asarray(w) == 0.0) - 0.8) < 0.01, path
     for layer in namespace["model"].layers:
         assert abs(np.mean(np.asarray(layer.kernel[...]) == 0.0) - 0.8) < 0.01
+    # integer serving: the packed student on int8 codes keeps its accuracy
+    assert namespace["served_acc"] > 0.9
+    assert namespace["qparams"]["Dense_0"]["kernel"].values.dtype == np.int8
     # many devices: the restored state is the last saved one
     assert namespace["state"].params is not None and (tmp_path / "ckpt").exists()

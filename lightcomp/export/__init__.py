@@ -24,6 +24,9 @@ Every integer stream (indices, grid integers, gaps, the bitmask) is stored bit-p
 at fixed width, or with canonical Huffman coding (as Deep Compression does), or with
 ``zlib``/``lzma`` from the standard library, whichever is measured smaller.
 
+`integers` reads a leaf stored on a grid back as its integers and float32 scales (what
+`lightcomp.serve.from_packed` serves), without changing the file.
+
 The file (format version 1, layout in ``lightcomp/export/_format.py``): a 64-byte
 header (magic ``b"\\x89LCPACK\\n"``, version, flags, manifest and payload lengths, the
 SHA-256 of the rest), a JSON manifest (the tree's structure and, per leaf, its
@@ -37,13 +40,16 @@ References:
 
 from lightcomp.export._file import load, save
 from lightcomp.export._format import FORMAT_VERSION, MAGIC
+from lightcomp.export._integers import Integers, integers
 from lightcomp.export._pack import Packed, pack, unpack
 from lightcomp.export._report import report, report_table
 
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "Integers",
     "Packed",
+    "integers",
     "load",
     "pack",
     "report",

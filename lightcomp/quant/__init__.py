@@ -18,6 +18,10 @@ Conventions (fixed by the public contract; round half to even everywhere):
 - Statistics (ranges, scales, zero points) are float32; a fake-quantized tensor keeps its dtype.
 - A zero range (an all-zero tensor or channel) has ``scale = 0`` and quantizes to exactly 0.
 
+Integer matmuls: `int_dot_general` and `int_conv_general_dilated` contract two `QTensor`s
+(int8 codes; 2..4-bit codes may be held two per byte, `PackedInt4`) exactly in int32 and
+rescale once in float32; `lightcomp.serve` runs Flax models on them.
+
 Numerics (rounding, clipping, noise) are kept apart from calibration (where a range comes
 from): every quantizer accepts ``range=(min, max)`` from `minmax_range`, `ema_range_update`,
 `percentile_range` or `mse_range`, and uses the tensor's own min/max when none is given.
@@ -36,6 +40,12 @@ from lightcomp.quant._calibration import (
 from lightcomp.quant._cast import cast
 from lightcomp.quant._fake_quant import fake_quant
 from lightcomp.quant._grads import dequantize_grads, grad_scales, quantize_grads
+from lightcomp.quant._int_dot import (
+    PackedInt4,
+    int_conv_general_dilated,
+    int_dot_general,
+    pack_int4,
+)
 from lightcomp.quant._layout import Layout, layout
 from lightcomp.quant._lsq import lsq_fake_quant, lsq_init_scale
 from lightcomp.quant._nnx import FakeQuantInputs, wrap_nnx
@@ -48,6 +58,7 @@ __all__ = [
     "EmaRange",
     "FakeQuantInputs",
     "Layout",
+    "PackedInt4",
     "QTensor",
     "activation_quant",
     "binarize",
@@ -59,11 +70,14 @@ __all__ = [
     "ema_range_update",
     "fake_quant",
     "grad_scales",
+    "int_conv_general_dilated",
+    "int_dot_general",
     "layout",
     "lsq_fake_quant",
     "lsq_init_scale",
     "minmax_range",
     "mse_range",
+    "pack_int4",
     "percentile_range",
     "qrange",
     "quantize",
