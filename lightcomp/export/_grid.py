@@ -66,17 +66,32 @@ def grid_groups(shape: tuple[int, ...], gran: dict) -> int:
     def ok_axis(a):
         return type(a) is int and 0 <= a < nd
 
+    def kept_count(axes):  # distinct axes in order, as `granularities` writes them
+        if (
+            isinstance(axes, list)
+            and axes
+            and all(map(ok_axis, axes))
+            and axes == sorted(set(axes))
+        ):
+            return math.prod(shape[a] for a in axes)
+        return None
+
     if kind == "tensor":
         return 1
-    if kind == "axis" and ok_axis(gran["axis"]):
+    if kind == "axis" and ok_axis(gran.get("axis")):
         return shape[gran["axis"]]
+    if kind == "axes" and (count := kept_count(gran.get("axes"))) is not None:
+        return count
     if kind == "group":
-        ga, size, a = gran["gaxis"], gran["size"], gran.get("axis")
+        ga, size = gran.get("gaxis"), gran.get("size")
         if ok_axis(ga) and type(size) is int and size >= 1 and shape[ga] % size == 0:
-            if a is None:
-                return shape[ga] // size
-            if ok_axis(a):
-                return shape[ga] // size * shape[a]
+            if "axes" in gran:
+                count = kept_count(gran["axes"])
+            else:
+                a = gran.get("axis")
+                count = 1 if a is None else shape[a] if ok_axis(a) else None
+            if count is not None:
+                return shape[ga] // size * count
     raise ValueError(f"corrupted grid granularity {gran!r} for shape {list(shape)}")
 
 

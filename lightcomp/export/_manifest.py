@@ -142,9 +142,16 @@ def check_values(spec: Any, m: int | None, shape: tuple, dt: np.dtype, lens, wha
 
 
 def _grid_groups(gran: Any, shape: tuple, what: str) -> int:
-    kinds = {"tensor": {"kind"}, "axis": {"kind", "axis"}, "group": {"kind", "gaxis", "size"}}
+    kinds = {
+        "tensor": {"kind"},
+        "axis": {"kind", "axis"},
+        "axes": {"kind", "axes"},
+        "group": {"kind", "gaxis", "size"},
+    }
     kind = gran.get("kind") if isinstance(gran, dict) else None
-    optional = frozenset({"axis"}) if kind == "group" else frozenset()
+    optional = frozenset()
+    if kind == "group":  # per index of one axis, or per combination of several, or neither
+        optional = frozenset({"axes"} if "axes" in gran else {"axis"})
     _keys(gran, f"{what} granularity", kinds.get(kind, {"kind"}), optional)
     if kind not in kinds:
         raise ValueError(f"{what}: unknown grid granularity {kind!r}")

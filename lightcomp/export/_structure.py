@@ -76,9 +76,9 @@ def _children(skel: Any, what: str) -> list:
         raise ValueError(f"{what}: a node's type name must be a string")
     pairs = skel.get("dict", skel.get("keys"))
     if not isinstance(pairs, list) or not all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in pairs
-    ):
-        raise ValueError(f"{what} must hold [key, child] pairs with string keys")
+        isinstance(p, list) and len(p) == 2 and type(p[0]) in (str, int) for p in pairs
+    ):  # int keys: an nnx State's list of layers holds {0: ..., 1: ...}
+        raise ValueError(f"{what} must hold [key, child] pairs with string or integer keys")
     if len({k for k, _ in pairs}) != len(pairs):
         raise ValueError(f"{what} repeats a key")
     return [c for _, c in pairs]

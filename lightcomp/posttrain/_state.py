@@ -75,9 +75,20 @@ def _kernel_scale(view: LayerView, scale: jax.Array, grid: Grid) -> jax.Array:
     return jnp.moveaxis(per_row, 0, -1)
 
 
-def _mirror(params: PyTree, values: dict[str, Any]) -> PyTree:
-    items = lt.leaves_with_paths(params)
-    return jax.tree.unflatten(jax.tree.structure(params), [values.get(p) for p, _ in items])
+def _over(params: PyTree, base: PyTree, values: dict[str, Any]) -> PyTree:
+    """``base`` (a tree mirroring ``params``, None at unselected leaves) with the entries of
+    ``values`` (by leaf path) in place of its own."""
+    flat = jax.tree.structure(params).flatten_up_to(base)
+    paths = [p for p, _ in lt.leaves_with_paths(params)]
+    return jax.tree.unflatten(
+        jax.tree.structure(params), [values.get(p, b) for p, b in zip(paths, flat, strict=True)]
+    )
+
+
+# The states are built by the transforms' own ``init`` on ``params``, so that their
+# fingerprints name the axes those transforms resolve at every leaf; the one-shot masks
+# and grids then replace what ``init`` computed (a leaf the one-shot pass left alone
+# keeps the transform's own initial mask or scale).
 
 
 def pruning_state(params: PyTree, keep: dict[str, jax.Array], target: Any, scope: str):
@@ -86,9 +97,9 @@ def pruning_state(params: PyTree, keep: dict[str, jax.Array], target: Any, scope
     t = transform.pruning(
         None if nm else target, scope=scope, granularity=target if nm else "element"
     )
-    base = t.init({"w": jnp.zeros((target.m if nm else 1, 1))}, jax.random.key(0))
+    base = t.init(params, jax.random.key(0))
     s = target.sparsity if nm else target
-    return base.replace(masks=_mirror(params, keep), sparsity=jnp.asarray(s, jnp.float32))
+    return base.replace(masks=_over(params, base.masks, keep), sparsity=jnp.asarray(s, jnp.float32))
 
 
 def grid_state(params: PyTree, scales: dict[str, jax.Array], views, grid: Grid):
@@ -96,9 +107,9 @@ def grid_state(params: PyTree, scales: dict[str, jax.Array], views, grid: Grid):
     t = transform.fake_quantization(
         grid.bits, axis=-1, group_size=grid.group_size, learned_scale=True
     )
-    base = t.init({"w": jnp.ones((grid.group_size or 1, 1))}, jax.random.key(0))
+    base = t.init(params, jax.random.key(0))
     kernel_scales = {p: _kernel_scale(views[p], s, grid) for p, s in scales.items()}
-    return base.replace(scales=transform.Learned(_mirror(params, kernel_scales)))
+    return base.replace(scales=transform.Learned(_over(params, base.scales.value, kernel_scales)))
 
 
 def state_of(params, results, return_state, *, target=None, scope="layer", grid=None, views=None):

@@ -92,7 +92,7 @@ def test_mixed_tree_structure_and_like(mlp_params):
         ({"list": [{"leaf": 0}, {"leaf": 0}]}, 2, "uses leaf 0 twice"),
         ({"list": [{"leaf": 1}]}, 2, "does not use leaf 0"),
         ({"dict": [["a", {"leaf": 0}], ["a", {"leaf": 1}]]}, 2, "repeats a key"),
-        ({"dict": [[1, {"leaf": 0}]]}, 1, "string keys"),
+        ({"dict": [[1.5, {"leaf": 0}]]}, 1, "string or integer keys"),
         ({"node": 3, "keys": []}, 0, "type name"),
         ({"leaf": 0, "list": []}, 1, "not a skeleton node"),
         ({"tuple": {"leaf": 0}}, 1, "must hold a list"),
@@ -114,3 +114,14 @@ def test_check_structure_bounds_the_depth_without_recursing():
         check_structure(skel, 1)
     tree = {"z": [1, (2, None)], "a": Pair(3, 4)}
     check_structure(skeleton(tree, [0]), 4)  # what skeleton writes passes
+
+
+def test_an_nnx_state_with_a_list_of_layers_round_trips():
+    # nnx keeps a list of layers as a State with integer keys: the skeleton keeps them
+    from flax import nnx
+
+    model = lc.models.NnxMLP((6, 8, 3), rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    back = lc.export.unpack(lc.export.pack(params), like=params)
+    chex.assert_trees_all_equal(jax.tree.leaves(back), jax.tree.leaves(params))
+    assert jax.tree.structure(back) == jax.tree.structure(params)
