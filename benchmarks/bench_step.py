@@ -231,14 +231,14 @@ def accuracy_effect(quick: bool) -> list[tuple[str, float, float]]:
 
     o = t_opt.init(t_params)
     it = lc.data.batches(d.x_train, d.y_train, 128, seed=1)
-    for _ in range(150 if quick else 600):
+    for _ in range(20 if quick else 600):
         b = next(it)
         t_params, o = t_step(t_params, o, b["inputs"], b["labels"])
     teacher_acc = lc.train.evaluate(t_apply, t_params, (d.x_test, d.y_test))["accuracy"]
     s_apply, s_params = lc.models.init_mlp((32, 10), 64, jax.random.fold_in(key, 2))
     opt = optax.adam(3e-3)
     tr = lc.identity()
-    n_steps = 150 if quick else 800
+    n_steps = 20 if quick else 800
     logits32 = lc.train.teacher_logits(t_apply, t_params, d.x_train)
     t_bf16 = lc.train.cast_floating(t_params, jnp.bfloat16)
     logits16 = lc.train.teacher_logits(t_apply, t_bf16, d.x_train, dtype=jnp.bfloat16)
