@@ -15,17 +15,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightcomp._checks import check_floating, check_number, is_traced
+from lightcomp._checks import check_finite, check_floating, check_number, is_traced
 from lightcomp.distill._weights import check_weights, token_mean
 
 KINDS = ("kl", "hard", "mse")
 """The distillation terms `lightcomp.distill.loss` can mix with the label loss."""
 
+TEMPERATURE_RANGE = (1e-2, 1e2)
+"""The temperatures `soft_kl` accepts. Above 100 the float32 ``T**2 * KL`` cancels (its
+relative error passes 1e-3 for unit-scale logits and grows as ``T**2``; at ``T = 1e30`` it
+is NaN); below 0.01 ``logits / T`` nears float32's range."""
+
 
 def as_float(x: Any, argname: str, min_ndim: int = 1) -> jax.Array:
-    """Checks ``x`` is a floating array of rank >= ``min_ndim`` and upcasts it to float32."""
+    """Checks ``x`` is a floating array of rank >= ``min_ndim`` (finite where concrete) and
+    upcasts it to float32."""
     x = jnp.asarray(x)
     check_floating(x, argname)
+    check_finite(x, argname, why="a loss of them would be NaN")
     if x.ndim < min_ndim:
         raise ValueError(
             f"{argname} must have rank >= {min_ndim} (batch first), got shape {tuple(x.shape)}"
@@ -53,6 +60,19 @@ def check_scalar(value: Any, argname: str, **bounds: Any) -> None:
     """A real scalar within ``bounds`` (as `check_number`); a traced one (annealed) passes."""
     if not is_traced(value):
         check_number(value, argname, **bounds)
+
+
+def check_temperature(value: Any) -> None:
+    """A real scalar in `TEMPERATURE_RANGE`; a traced one (annealed) passes."""
+    if is_traced(value):
+        return
+    t = check_number(value, "temperature", lo=0.0, lo_open=True)
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= t <= hi:
+        raise ValueError(
+            f"temperature must be in [{lo}, {hi}], got {t}: outside it the float32 "
+            "T**2 * KL loses its precision (see lightcomp.distill.TEMPERATURE_RANGE)"
+        )
 
 
 def distill_term(kind: str, s: jax.Array, t: jax.Array, temperature: Any, w=None) -> jax.Array:
@@ -87,7 +107,8 @@ def soft_kl(
     Args:
       student_logits: ``[batch, ..., classes]`` floating.
       teacher_logits: the same shape.
-      temperature: ``T > 0`` (a Python number, or a traced scalar for annealing).
+      temperature: ``T`` in `TEMPERATURE_RANGE` (a Python number, or a traced scalar for
+        annealing, then unchecked).
       weights: ``[batch, ...]`` (``logits.shape[:-1]``): a padding mask (bool) or
         per-token weights >= 0; None weighs every token 1.
 
@@ -96,8 +117,8 @@ def soft_kl(
 
     Raises:
       TypeError: non-float logits, a ``temperature`` that is not a real scalar.
-      ValueError: different shapes, rank 0, ``temperature <= 0`` or NaN/inf, weights of
-        another shape.
+      ValueError: different shapes, rank 0, NaN/inf in concrete logits, a ``temperature``
+        outside `TEMPERATURE_RANGE` or NaN/inf, weights of another shape.
 
     References:
       Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
@@ -107,7 +128,7 @@ def soft_kl(
       >>> float(lc.distill.soft_kl(s, s, temperature=2.0))
       0.0
     """
-    check_scalar(temperature, "temperature", lo=0.0, lo_open=True)
+    check_temperature(temperature)
     s, t, w = logit_pair(student_logits, teacher_logits, weights)
     return distill_term("kl", s, t, temperature, w)
 
