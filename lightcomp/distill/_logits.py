@@ -30,14 +30,22 @@ is NaN); below 0.01 ``logits / T`` nears float32's range."""
 def as_float(x: Any, argname: str, min_ndim: int = 1) -> jax.Array:
     """Checks ``x`` is a floating array of rank >= ``min_ndim`` (finite where concrete) and
     upcasts it to float32."""
+    check_floating(x if hasattr(x, "dtype") else _as_array(x, argname), argname)
     x = jnp.asarray(x)
-    check_floating(x, argname)
     check_finite(x, argname, why="a loss of them would be NaN")
     if x.ndim < min_ndim:
         raise ValueError(
             f"{argname} must have rank >= {min_ndim} (batch first), got shape {tuple(x.shape)}"
         )
     return x.astype(jnp.float32)
+
+
+def _as_array(x: Any, argname: str) -> Any:
+    """``x`` (a list, a number) as a NumPy array; what NumPy cannot make numeric is a TypeError."""
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{argname} must be an array, got {type(x).__name__}: {e}") from e
 
 
 def check_same_shape(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> None:
@@ -195,12 +203,15 @@ def cross_entropy(
 
 def label_ce(x: jax.Array, labels: Any, w: jax.Array | None = None) -> jax.Array:
     """`cross_entropy` of float32 logits ``x`` and weights (checked) with ``labels`` (checked here)."""
-    y = jnp.asarray(labels)
+    y = labels if hasattr(labels, "dtype") else _as_array(labels, "labels")
+    if not (jnp.issubdtype(y.dtype, jnp.floating) or jnp.issubdtype(y.dtype, jnp.integer)) or (
+        y.dtype == jnp.bool_
+    ):
+        raise TypeError(f"labels must be integer class indices or floating, got {y.dtype}")
+    y = jnp.asarray(y)
     if jnp.issubdtype(y.dtype, jnp.floating):
         check_same_shape(x, y, ("logits", "labels (floating, one row per token)"))
         return token_mean(optax.losses.softmax_cross_entropy(x, y.astype(jnp.float32)), w)
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise TypeError(f"labels must be integer class indices or floating, got {y.dtype}")
     if tuple(y.shape) != tuple(x.shape[:-1]):
         raise ValueError(
             f"integer labels must have shape logits.shape[:-1] = {tuple(x.shape[:-1])}, "

@@ -21,15 +21,17 @@ Apply = Callable[..., jax.Array]
 
 
 def _batch_counts(apply, params, model_state, inputs, labels, weights):
-    """(weighted) correct tokens, summed cross-entropy and the token weight of one batch."""
+    """(weighted) correct tokens, summed cross-entropy, the token weight of one batch and its
+    count of labels outside ``[0, classes)``."""
     out, _ = as_stateful(apply, False).run(params, model_state, inputs)
     logits = jnp.asarray(out).astype(jnp.float32)
     w = check_logits(logits, logits, labels, weights)
     correct = jnp.argmax(logits, -1) == labels
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    outside = jnp.sum((labels < 0) | (labels >= logits.shape[-1]))
     if w is None:
-        return jnp.sum(correct), jnp.sum(nll), correct.size
-    return jnp.sum(w * correct), jnp.sum(w * nll), jnp.sum(w)
+        return jnp.sum(correct), jnp.sum(nll), correct.size, outside
+    return jnp.sum(w * correct), jnp.sum(w * nll), jnp.sum(w), outside
 
 
 _batch_counts_jit = jax.jit(_batch_counts, static_argnums=0)
@@ -77,7 +79,8 @@ def evaluate(
     Raises:
       TypeError: ``batch_size`` not an int, ``apply`` not callable.
       ValueError: ``batch_size < 1``, a train-mode `StatefulApply`, an empty dataset, bad
-        batches, a NaN/inf loss (naming the batch; read at the sync the loop makes anyway).
+        batches, labels outside ``[0, classes)`` or a NaN/inf loss (naming the batch; read
+        at the sync the loop makes anyway).
     """
     batch_size = _checks.check_int(batch_size, "batch_size", lo=1)
     _checks.check_callable(apply, "apply")
@@ -89,13 +92,23 @@ def evaluate(
             )
         model_state = apply.model_state if model_state is None else model_state
     model_state = {} if model_state is None else model_state
+    if not isinstance(batches, (Iterable, tuple)):
+        raise TypeError(
+            "batches must be an iterable of {'inputs', 'labels'} batches or a pair "
+            f"(inputs, labels), got {type(batches).__name__}"
+        )
     correct = nll = total = 0.0
     count = 0
     for i, b in enumerate(_as_batches(batches, batch_size)):
         parts = batch_parts(b, needs_labels=True, has_teacher=True)
-        c, n, w = _batch_counts_jit(
-            apply, params, model_state, parts.inputs, parts.labels, parts.weights
+        c, n, w, outside = jax.device_get(
+            _batch_counts_jit(apply, params, model_state, parts.inputs, parts.labels, parts.weights)
         )
+        if outside:
+            raise ValueError(
+                f"evaluate: batch {i} (counting from 0) has {int(outside)} labels outside "
+                "[0, classes) (a label -1 would wrap to the last class)"
+            )
         correct += float(c)
         if not math.isfinite(float(n)):
             raise ValueError(
@@ -122,6 +135,19 @@ def _fetch_row(i: int, metrics: Mapping[str, Any]) -> dict[str, float]:
             "float32 master weights and a float16 forward pass (see init_state)"
         )
     return row
+
+
+def _check_host_labels(batch: Any, i: int) -> None:
+    """Integer NumPy labels (on the host: no device sync) must be >= 0; labels >= the class
+    count make the loss NaN, which the next fetch reports."""
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.size:
+        low = int(labels.min())
+        if low < 0:
+            raise ValueError(
+                f"batch of step {i} has label {low}: labels must be in [0, classes) "
+                "(a label -1 would wrap to the last class)"
+            )
 
 
 def _summary(row: Mapping[str, float]) -> str:
@@ -187,8 +213,9 @@ def fit(
       TypeError: ``steps``, ``log_every`` or ``eval_every`` not an int (a bool or 2.5 is
         not), ``step`` or ``eval_fn`` not callable, ``progress`` not a bool.
       ValueError: ``steps < 0``, ``log_every`` or ``eval_every < 1``, batches running out,
-        or a NaN/inf loss at a fetch (every ``log_every`` steps; the message names the
-        step). The check reads the metrics the loop fetches anyway: no extra host sync.
+        a negative label in a NumPy batch, or a NaN/inf loss at a fetch (every
+        ``log_every`` steps; the message names the step; labels >= the class count show
+        up here). The check reads the metrics the loop fetches anyway: no extra host sync.
     """
     steps = _checks.check_int(steps, "steps", lo=0)
     log_every = _checks.check_int(log_every, "log_every", lo=1)
@@ -208,6 +235,7 @@ def fit(
                 batch = next(it)
             except StopIteration:
                 raise ValueError(f"batches ran out after {i - 1} of {steps} steps") from None
+            _check_host_labels(batch, i)
             state, metrics = run(state, teacher_params, batch)
             do_eval = eval_fn is not None and (
                 i == steps or (eval_every is not None and i % eval_every == 0)

@@ -165,14 +165,18 @@ def init_state(
     Raises:
       TypeError: a bad optimizer, transform or key, or a leaf of a tree that is not an
         array (names the leaf).
-      ValueError: NaN or inf in a concrete floating leaf of ``params`` (names the leaf);
+      ValueError: ``params`` without leaves, NaN or inf in a concrete floating leaf of
+        ``params`` (names the leaf);
         float16 optimizer state (float16 params with ``optax.adam``: NaN from step 2;
         the message says what to do: float32 params, a float16 forward pass).
     """
     check_optimizer(optimizer)
     check_transform(transform)
     _checks.check_key(key)
-    for path, leaf in tree.leaves_with_paths(params, argname="params"):
+    leaves = tree.leaves_with_paths(params, argname="params")
+    if not leaves:
+        raise ValueError(f"params has no leaves (got {params!r}): there is nothing to train")
+    for path, leaf in leaves:
         if tree.is_floating(leaf):
             _checks.check_finite(leaf, "params", path=path, why="training would start from NaN")
     model_state = {} if model_state is None else model_state

@@ -163,7 +163,7 @@ def fake_quantization(
         return lays
 
     def init(params, key):
-        del key
+        _checks.check_key(key)
         tree.selection(params, rule, require_any=True)
         lays, fp = layouts(params)
         if not learned_scale:
