@@ -11,11 +11,12 @@ and the first step whose loss was NaN:
   pass on ``cast_floating(params, float16)`` (what the refusal's message says to do);
 - ``float32``: the reference.
 
-Run: ``python benchmarks/bench_float16.py``.
+Run: ``python benchmarks/bench_float16.py`` (``--quick``: 20 steps, for the test suite).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import jax
@@ -48,6 +49,9 @@ def _run(apply, params, teacher, t_params, d, *, float16=False, steps=300, batch
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20 steps instead of 300")
+    steps = 20 if parser.parse_args().quick else 300
     d = lc.data.load_digits()
     apply, params = lc.models.init_mlp((64, 10), 64, jax.random.key(0))
     teacher, t_params = lc.models.init_mlp((128, 10), 64, jax.random.key(1))
@@ -64,7 +68,7 @@ def main() -> None:
         ("float32", apply, False),
     ]
     for name, fn, float16 in ways:
-        loss, acc, nan_at = _run(fn, params, teacher, t_params, d, float16=float16)
+        loss, acc, nan_at = _run(fn, params, teacher, t_params, d, float16=float16, steps=steps)
         print(f"| {name} | {loss:.4f} | {acc} | {nan_at or 'none'} |")
 
 
