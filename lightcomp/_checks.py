@@ -13,6 +13,7 @@ is expected, ``"no"`` where a bool is.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -183,6 +184,16 @@ def check_callable(fn: Any, argname: str, *, optional: bool = False) -> None:
     if not callable(fn):
         extra = " or None" if optional else ""
         raise TypeError(f"{argname} must be callable{extra}, got {type(fn).__name__}")
+
+
+def check_path(value: Any, argname: str = "path") -> str:
+    """A file-system path (a ``str`` or ``os.PathLike``) as a ``str``; an int (a file
+    descriptor to ``os``), bytes or None is a TypeError."""
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and not isinstance(value, bytes)):
+        path = os.fspath(value)
+        if isinstance(path, str):
+            return path
+    raise TypeError(f"{argname} must be a str or os.PathLike, got {type(value).__name__}")
 
 
 def with_path(path: str, fn: Callable[[], T]) -> T:

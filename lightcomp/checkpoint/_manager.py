@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lightcomp._checks import check_bool, check_int
+from lightcomp._checks import check_bool, check_int, check_path
 from lightcomp.checkpoint._codec import describe, encode
 from lightcomp.checkpoint._digest import DIGEST, digests, fingerprints, seal
 from lightcomp.checkpoint._errors import CheckpointError, log, quiet_orbax
@@ -102,7 +102,7 @@ class Manager:
         self.save_every = check_int(save_every, "save_every", lo=1)
         async_save = check_bool(async_save, "async_save")
         self.config = _check_config(config)
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = os.path.abspath(check_path(directory, "directory"))
         # cleanup_tmp_directories stays False: a half-written step is evidence, never deleted.
         options = ocp.CheckpointManagerOptions(
             cleanup_tmp_directories=False,
@@ -359,7 +359,7 @@ def restore_config(directory: str | os.PathLike, step: int | None = None) -> dic
 
 def steps(directory: str | os.PathLike) -> list[int]:
     """The complete steps in ``directory``, ascending (empty if it does not exist)."""
-    if not os.path.isdir(directory):
+    if not os.path.isdir(check_path(directory, "directory")):
         return []
     with Manager(directory, max_to_keep=None) as m:
         return m.steps()
@@ -372,6 +372,7 @@ def latest_step(directory: str | os.PathLike) -> int | None:
 
 
 def _require_dir(directory: str | os.PathLike, step: int | None) -> None:
+    directory = check_path(directory, "directory")
     if not os.path.isdir(directory):
         raise CheckpointError(
             f"checkpoint directory {os.fspath(directory)!r} does not exist "

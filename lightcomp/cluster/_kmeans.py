@@ -152,9 +152,23 @@ def lloyd(xs: jax.Array, m: jax.Array, c: jax.Array, iters: int, tol: jax.Array)
     return jax.lax.while_loop(cond, body, (c, jnp.int32(0), m == 0))
 
 
+def _sum_safe_scale(x: jax.Array) -> jax.Array:
+    """A power of two ``s`` such that the sums of ``|x| / s`` over a row stay finite: 1 unless
+    ``max|x| * n`` nears float32's max (1e37-scale weights), then ``2**(ceil(log2 max|x|) - 2)``
+    (``|x| / s < 4``; ``2**128`` itself would overflow). Dividing by a power of two is exact,
+    so ordinary rows are clustered bit for bit as without."""
+    amax = jnp.max(jnp.abs(x))
+    limit = jnp.float32(np.finfo(np.float32).max / (4.0 * x.shape[0]))
+    _, e = jnp.frexp(amax)
+    return jnp.where(amax > limit, jnp.ldexp(jnp.float32(1.0), e - 2), jnp.float32(1.0))
+
+
 def _fit_row(x, key, init_c, *, k, init, iters, tol, preserve_zeros):
     """k-means of one 1-D float32 row -> (centroids [k], codes [n], steps, done, inertia)."""
     k_fit = k - 1 if preserve_zeros else k
+    s = _sum_safe_scale(x)
+    x = x / s
+    init_c = None if init_c is None else init_c / s
     xs, m = sorted_values(x, preserve_zeros)
     if init_c is not None:
         c0 = jnp.sort(init_c[1:] if preserve_zeros else init_c)
@@ -169,8 +183,8 @@ def _fit_row(x, key, init_c, *, k, init, iters, tol, preserve_zeros):
         codes = jnp.where(zero, 0, codes + 1)
         recon = jnp.where(zero, 0.0, recon)
         c = jnp.concatenate([jnp.zeros((1,), jnp.float32), c])
-    err = jnp.sum((x - recon) ** 2)
-    return c, codes.astype(index_dtype(k)), steps, done, err
+    err = jnp.sum((x - recon) ** 2) * s * s
+    return c * s, codes.astype(index_dtype(k)), steps, done, err
 
 
 @functools.partial(jax.jit, static_argnames=("k", "init", "iters", "preserve_zeros", "axes"))

@@ -52,7 +52,7 @@ def share(
     Raises:
       TypeError: non-float centroids, non-integer assignments, a non-bool flag.
       ValueError: an unknown ``reduce``, ``axis`` out of range, centroids of the wrong
-        shape, or (concrete assignments) a code ``>= k``.
+        shape, or (concrete assignments) a code ``< 0`` or ``>= k``.
 
     References:
       Han, Mao, Dally, "Deep Compression", ICLR 2016.
@@ -76,7 +76,10 @@ def share(
         raise ValueError(f"centroids must have shape {want}, got {centroids.shape}")
     k = centroids.shape[-1]
     if not is_traced(assignments) and assignments.size:
-        top = int(np.asarray(assignments).max())
+        held = np.asarray(assignments)
+        low, top = int(held.min()), int(held.max())
+        if low < 0:
+            raise ValueError(f"assignments hold code {low}; codes must be in [0, k={k})")
         if top >= k:
             raise ValueError(f"assignments hold code {top}, but there are only k={k} centroids")
     out_dtype = centroids.dtype if dtype is None else jnp.dtype(dtype)

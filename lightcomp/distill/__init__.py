@@ -16,12 +16,20 @@ References:
 """
 
 from lightcomp.distill._features import attention_transfer, feature_mse, init_feature_projection
-from lightcomp.distill._logits import KINDS, cross_entropy, hard_ce, mse, soft_kl
+from lightcomp.distill._logits import (
+    KINDS,
+    TEMPERATURE_RANGE,
+    cross_entropy,
+    hard_ce,
+    mse,
+    soft_kl,
+)
 from lightcomp.distill._mix import loss, loss_parts
 from lightcomp.distill._weights import check_weights, weighted_mean
 
 __all__ = [
     "KINDS",
+    "TEMPERATURE_RANGE",
     "attention_transfer",
     "check_weights",
     "cross_entropy",

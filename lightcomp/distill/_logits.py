@@ -15,22 +15,37 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lightcomp._checks import check_floating, check_number, is_traced
+from lightcomp._checks import check_finite, check_floating, check_number, is_traced
 from lightcomp.distill._weights import check_weights, token_mean
 
 KINDS = ("kl", "hard", "mse")
 """The distillation terms `lightcomp.distill.loss` can mix with the label loss."""
 
+TEMPERATURE_RANGE = (1e-2, 1e2)
+"""The temperatures `soft_kl` accepts. Above 100 the float32 ``T**2 * KL`` cancels (its
+relative error passes 1e-3 for unit-scale logits and grows as ``T**2``; at ``T = 1e30`` it
+is NaN); below 0.01 ``logits / T`` nears float32's range."""
+
 
 def as_float(x: Any, argname: str, min_ndim: int = 1) -> jax.Array:
-    """Checks ``x`` is a floating array of rank >= ``min_ndim`` and upcasts it to float32."""
+    """Checks ``x`` is a floating array of rank >= ``min_ndim`` (finite where concrete) and
+    upcasts it to float32."""
+    check_floating(x if hasattr(x, "dtype") else _as_array(x, argname), argname)
     x = jnp.asarray(x)
-    check_floating(x, argname)
+    check_finite(x, argname, why="a loss of them would be NaN")
     if x.ndim < min_ndim:
         raise ValueError(
             f"{argname} must have rank >= {min_ndim} (batch first), got shape {tuple(x.shape)}"
         )
     return x.astype(jnp.float32)
+
+
+def _as_array(x: Any, argname: str) -> Any:
+    """``x`` (a list, a number) as a NumPy array; what NumPy cannot make numeric is a TypeError."""
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{argname} must be an array, got {type(x).__name__}: {e}") from e
 
 
 def check_same_shape(a: jax.Array, b: jax.Array, names: tuple[str, str]) -> None:
@@ -53,6 +68,19 @@ def check_scalar(value: Any, argname: str, **bounds: Any) -> None:
     """A real scalar within ``bounds`` (as `check_number`); a traced one (annealed) passes."""
     if not is_traced(value):
         check_number(value, argname, **bounds)
+
+
+def check_temperature(value: Any) -> None:
+    """A real scalar in `TEMPERATURE_RANGE`; a traced one (annealed) passes."""
+    if is_traced(value):
+        return
+    t = check_number(value, "temperature", lo=0.0, lo_open=True)
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= t <= hi:
+        raise ValueError(
+            f"temperature must be in [{lo}, {hi}], got {t}: outside it the float32 "
+            "T**2 * KL loses its precision (see lightcomp.distill.TEMPERATURE_RANGE)"
+        )
 
 
 def distill_term(kind: str, s: jax.Array, t: jax.Array, temperature: Any, w=None) -> jax.Array:
@@ -87,7 +115,8 @@ def soft_kl(
     Args:
       student_logits: ``[batch, ..., classes]`` floating.
       teacher_logits: the same shape.
-      temperature: ``T > 0`` (a Python number, or a traced scalar for annealing).
+      temperature: ``T`` in `TEMPERATURE_RANGE` (a Python number, or a traced scalar for
+        annealing, then unchecked).
       weights: ``[batch, ...]`` (``logits.shape[:-1]``): a padding mask (bool) or
         per-token weights >= 0; None weighs every token 1.
 
@@ -96,8 +125,8 @@ def soft_kl(
 
     Raises:
       TypeError: non-float logits, a ``temperature`` that is not a real scalar.
-      ValueError: different shapes, rank 0, ``temperature <= 0`` or NaN/inf, weights of
-        another shape.
+      ValueError: different shapes, rank 0, NaN/inf in concrete logits, a ``temperature``
+        outside `TEMPERATURE_RANGE` or NaN/inf, weights of another shape.
 
     References:
       Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".
@@ -107,7 +136,7 @@ def soft_kl(
       >>> float(lc.distill.soft_kl(s, s, temperature=2.0))
       0.0
     """
-    check_scalar(temperature, "temperature", lo=0.0, lo_open=True)
+    check_temperature(temperature)
     s, t, w = logit_pair(student_logits, teacher_logits, weights)
     return distill_term("kl", s, t, temperature, w)
 
@@ -174,12 +203,15 @@ def cross_entropy(
 
 def label_ce(x: jax.Array, labels: Any, w: jax.Array | None = None) -> jax.Array:
     """`cross_entropy` of float32 logits ``x`` and weights (checked) with ``labels`` (checked here)."""
-    y = jnp.asarray(labels)
+    y = labels if hasattr(labels, "dtype") else _as_array(labels, "labels")
+    if not (jnp.issubdtype(y.dtype, jnp.floating) or jnp.issubdtype(y.dtype, jnp.integer)) or (
+        y.dtype == jnp.bool_
+    ):
+        raise TypeError(f"labels must be integer class indices or floating, got {y.dtype}")
+    y = jnp.asarray(y)
     if jnp.issubdtype(y.dtype, jnp.floating):
         check_same_shape(x, y, ("logits", "labels (floating, one row per token)"))
         return token_mean(optax.losses.softmax_cross_entropy(x, y.astype(jnp.float32)), w)
-    if not jnp.issubdtype(y.dtype, jnp.integer):
-        raise TypeError(f"labels must be integer class indices or floating, got {y.dtype}")
     if tuple(y.shape) != tuple(x.shape[:-1]):
         raise ValueError(
             f"integer labels must have shape logits.shape[:-1] = {tuple(x.shape[:-1])}, "

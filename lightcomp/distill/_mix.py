@@ -5,8 +5,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lightcomp._checks import check_choice
-from lightcomp.distill._logits import KINDS, check_scalar, distill_term, label_ce, logit_pair
+from lightcomp._checks import check_choice, is_traced
+from lightcomp.distill._logits import (
+    KINDS,
+    check_scalar,
+    check_temperature,
+    distill_term,
+    label_ce,
+    logit_pair,
+)
 
 
 def loss_parts(
@@ -34,7 +41,12 @@ def loss_parts(
     """
     kind = check_choice(kind, KINDS, "kind")
     check_scalar(alpha, "alpha", lo=0.0, hi=1.0)
-    check_scalar(temperature, "temperature", lo=0.0, lo_open=True)
+    check_temperature(temperature)
+    if labels is None and not is_traced(alpha) and float(alpha) == 0.0:
+        raise ValueError(
+            "alpha=0.0 weighs the distillation term by 0 and leaves the label loss alone, "
+            "but labels is None: pass labels, or alpha > 0 to distill"
+        )
     s, t, w = logit_pair(student_logits, teacher_logits, weights)
     d = distill_term(kind, s, t, temperature, w)
     if labels is None:
@@ -62,10 +74,12 @@ def loss(
     Args:
       student_logits: ``[batch, ..., classes]`` floating.
       teacher_logits: the same shape.
-      labels: integer ``[batch, ...]`` or floating ``[batch, ..., classes]``; None
-        for distillation alone (then the result is the distillation term, whatever ``alpha``).
+      labels: integer ``[batch, ...]`` or floating ``[batch, ..., classes]``, concrete
+        integer labels in ``[0, classes)``; None for distillation alone (then the result
+        is the distillation term, for any ``alpha > 0``; ``alpha=0`` is refused).
       alpha: weight of the distillation term, in ``[0, 1]``.
-      temperature: softening temperature for ``kind="kl"`` (> 0).
+      temperature: softening temperature for ``kind="kl"``, in
+        `lightcomp.distill.TEMPERATURE_RANGE` (checked when concrete).
       kind: ``"kl"`` (`soft_kl`), ``"hard"`` (`hard_ce`) or ``"mse"`` (`mse`).
       weights: ``[batch, ...]`` (``logits.shape[:-1]``): a padding mask (bool) or
         per-token weights >= 0; None weighs every token 1.
@@ -76,8 +90,10 @@ def loss(
     Raises:
       TypeError: non-float logits, an ``alpha`` or ``temperature`` that is not a real
         scalar (booleans are not numbers), weights neither boolean nor real.
-      ValueError: bad ``kind``, ``alpha`` outside ``[0, 1]``, ``temperature <= 0``, NaN or
-        inf in either, shapes that do not fit (weights included).
+      ValueError: bad ``kind``, ``alpha`` outside ``[0, 1]`` (or 0 without labels), a
+        ``temperature`` outside `lightcomp.distill.TEMPERATURE_RANGE`, NaN or inf in either
+        or in concrete logits, labels outside ``[0, classes)``, shapes that do not fit
+        (weights included).
 
     References:
       Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network".

@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+from lightcomp._checks import check_path
 from lightcomp.export._format import (
     FLAG_ZLIB_MANIFEST,
     FORMAT_VERSION,
@@ -32,9 +33,7 @@ from lightcomp.export._pack import Packed
 
 
 def _check_path(path: object) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return Path(path)
+    return Path(check_path(path, "path"))
 
 
 def save(path: str | os.PathLike, packed: Packed) -> int:

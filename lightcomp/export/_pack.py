@@ -11,7 +11,7 @@ import numpy as np
 
 from lightcomp import tree
 from lightcomp._checks import check_bool, check_callable
-from lightcomp.export._format import HEADER, dtype_named, manifest_bytes
+from lightcomp.export._format import DTYPES, HEADER, dtype_named, manifest_bytes
 from lightcomp.export._leaf import decode_leaf, encode_leaf
 from lightcomp.export._manifest import check_manifest
 from lightcomp.export._structure import rebuild, skeleton
@@ -49,6 +49,17 @@ def _array_leaves(params: Any) -> list[tuple[str, Any]]:
         path = tree.path_str(key_path)
         if not isinstance(leaf, _ARRAY_TYPES):
             raise TypeError(f"pack: params leaf {path!r} is a {type(leaf).__name__}, not an array")
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+            raise TypeError(
+                f"pack: params leaf {path!r} is a PRNG key, not a parameter: leave it out, "
+                "or store jax.random.key_data(key) (uint32) instead"
+            )
+        if np.dtype(dtype).name not in DTYPES:
+            raise TypeError(
+                f"pack: params leaf {path!r} has dtype {dtype}, which the packed file "
+                f"does not store; the dtypes it stores: {sorted(DTYPES)}"
+            )
         out.append((path, leaf))
     return out
 

@@ -37,12 +37,20 @@ Step = Callable[[Any, PyTree, Mapping[str, Any]], tuple[Any, dict]]
 
 
 def _check_divisible(batch: PyTree, n: int, over: str) -> None:
-    """Every leaf of ``batch`` has a leading axis whose size ``n`` divides (``over`` says why)."""
+    """Every leaf of ``batch`` has one leading axis size, which ``n`` divides (``over`` says why)."""
+    first = None
     for path, x in tree.leaves_with_paths(batch, argname="batch"):
         shape = np.shape(x)
         if not shape:
             raise ValueError(
                 f"batch leaf {path!r} is a scalar; it needs a leading batch axis to split over {over}"
+            )
+        if first is None:
+            first = (path, shape[0])
+        elif shape[0] != first[1]:
+            raise ValueError(
+                f"batch leaf {path!r} has {shape[0]} rows but leaf {first[0]!r} has "
+                f"{first[1]}: every leaf needs the same leading batch size"
             )
         if shape[0] % n:
             raise ValueError(f"batch leaf {path!r} has {shape[0]} rows, not divisible by {over}")
@@ -64,8 +72,8 @@ def shard_batch(batch: PyTree, n_devices: int | None = None) -> PyTree:
 
     Raises:
       TypeError: ``n_devices`` not an int.
-      ValueError: ``n_devices`` < 1, a scalar leaf, or a batch size not divisible by
-        ``n_devices`` (names the leaf).
+      ValueError: ``n_devices`` < 1, a scalar leaf, leaves of different leading sizes,
+        or a batch size not divisible by ``n_devices`` (names the leaf).
     """
     n = jax.local_device_count() if n_devices is None else check_int(n_devices, "n_devices", lo=1)
     _check_divisible(batch, n, f"n_devices={n}")

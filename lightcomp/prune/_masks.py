@@ -141,6 +141,8 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
       params with pruned weights exactly 0. Idempotent; jittable.
 
     Raises:
+      TypeError: a mask that is not a boolean array (float scores are not masks; naming
+        the leaf).
       ValueError: ``masks`` does not mirror ``params``, or a mask's shape differs from its
         leaf's (naming the leaf).
 
@@ -151,7 +153,14 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
       Array([[ 0., -3.],
              [ 0.,  2.]], dtype=float32)
     """
-    lt.check_mirror(params, masks, "masks")
+    flat = lt.check_mirror(params, masks, "masks")
+    for (path, _), mask in zip(lt.leaves_with_paths(params), flat, strict=True):
+        if mask is not None and getattr(mask, "dtype", None) != jnp.bool_:
+            dtype = getattr(mask, "dtype", type(mask).__name__)
+            raise TypeError(
+                f"masks leaf {path!r} must be a boolean array (True = kept), got {dtype}; "
+                "scores become masks through lightcomp.prune.masks"
+            )
     return zero_pruned(params, masks)
 
 

@@ -180,8 +180,16 @@ class EmaRange(NamedTuple):
 
 
 def ema_range_init(shape: Sequence[int] = ()) -> EmaRange:
-    """An empty `EmaRange` for scales of ``shape`` (``()`` per tensor, e.g. ``(1, C)`` per channel)."""
-    z = jnp.zeros(tuple(shape), jnp.float32)
+    """An empty `EmaRange` for scales of ``shape`` (``()`` per tensor, e.g. ``(1, C)`` per channel).
+
+    Raises:
+      TypeError: ``shape`` not a tuple/list of ints.
+      ValueError: a negative size.
+    """
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(f"shape must be a tuple of ints, got {type(shape).__name__}")
+    shape = tuple(check_int(d, "shape", lo=0) for d in shape)
+    z = jnp.zeros(shape, jnp.float32)
     return EmaRange(z, z, jnp.zeros((), jnp.int32))
 
 

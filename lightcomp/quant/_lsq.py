@@ -7,8 +7,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from lightcomp._checks import check_bool, check_finite, check_floating, check_number
+from lightcomp._checks import check_bool, check_finite, check_floating, check_number, is_traced
 from lightcomp.quant._layout import Layout, layout, scale_in_view
 from lightcomp.quant._numerics import check_bits, levels
 
@@ -67,8 +68,9 @@ def lsq_fake_quant(
         rank of ``x`` with ``x.shape[axis]`` on ``axis``, ``n_groups`` on the group axis and 1
         elsewhere), as `lsq_init_scale` returns; also a scalar, a ``[x.shape[axis]]`` vector,
         or, with neither ``axis`` nor ``group_size``, any shape that broadcasts to ``x``. A
-        trainable leaf (wrap it in `lightcomp.Learned` inside a transform state). Values
-        below 1e-8 are treated as 1e-8.
+        trainable leaf (wrap it in `lightcomp.Learned` inside a transform state). A
+        concrete scale must be finite and > 0; under ``jit`` (a scale being trained)
+        values below 1e-8 are treated as 1e-8.
       bits: 2..16.
       symmetric: signed narrow range, or unsigned.
       axis: the axis (or tuple of axes, every combination its own) that keeps its own step
@@ -83,7 +85,7 @@ def lsq_fake_quant(
     Raises:
       ValueError / TypeError: bad ``bits``, ``symmetric``, layout or ``grad_scale``, a
         non-float ``x`` or ``scale``, a ``scale`` of the wrong shape, NaN/inf in a concrete
-        ``x``.
+        ``x`` or ``scale``, a concrete ``scale <= 0``.
 
     References:
       Esser et al. 2019, "Learned Step Size Quantization" (ICLR 2020).
@@ -104,10 +106,21 @@ def lsq_fake_quant(
     check_floating(s, "scale")
     s_view = _scale_for(s, lay, tuple(x.shape))
     check_finite(x, "x")
+    _check_positive(s, "scale")
     qn, qp = _lsq_levels(bits, symmetric)
     n = math.prod(x.shape) / max(math.prod(s.shape), 1)
     g = grad_scale if grad_scale is not None else 1.0 / math.sqrt(n * qp)
     return lay.unview(_lsq(lay.view(x), s_view.astype(jnp.float32), qn, qp, g))
+
+
+def _check_positive(s: jax.Array, argname: str) -> None:
+    """A concrete step size must be finite and > 0 (a traced one is clamped to 1e-8)."""
+    if is_traced(s) or not s.size:
+        return
+    check_finite(s, argname)
+    low = float(np.min(np.asarray(s, np.float32)))
+    if low <= 0:
+        raise ValueError(f"{argname} must be > 0 (a step size), got a minimum of {low}")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

@@ -86,7 +86,11 @@ def scale_zero_point(lo, hi, bits: int, symmetric: bool):
         return scale, jnp.zeros_like(scale)
     lo = jnp.minimum(lo, 0.0)
     hi = jnp.maximum(hi, 0.0)
-    scale = (hi - lo) / (qmax - qmin)
+    n = qmax - qmin
+    # A range wider than float32's max (e.g. [-3e38, 3e38]) overflows hi - lo; hi/n - lo/n
+    # does not. Elsewhere the contract's (hi - lo) / n, to the last bit.
+    width = hi - lo
+    scale = jnp.where(jnp.isfinite(width), width / n, hi / n - lo / n)
     safe = jnp.where(scale > 0, scale, 1.0)
     zp = jnp.where(scale > 0, jnp.round(-lo / safe), 0.0)
     return scale, zp

@@ -165,11 +165,20 @@ def init_state(
     Raises:
       TypeError: a bad optimizer, transform or key, or a leaf of a tree that is not an
         array (names the leaf).
+      ValueError: ``params`` without leaves, NaN or inf in a concrete floating leaf of
+        ``params`` (names the leaf);
+        float16 optimizer state (float16 params with ``optax.adam``: NaN from step 2;
+        the message says what to do: float32 params, a float16 forward pass).
     """
     check_optimizer(optimizer)
     check_transform(transform)
     _checks.check_key(key)
-    tree.leaves_with_paths(params, argname="params")
+    leaves = tree.leaves_with_paths(params, argname="params")
+    if not leaves:
+        raise ValueError(f"params has no leaves (got {params!r}): there is nothing to train")
+    for path, leaf in leaves:
+        if tree.is_floating(leaf):
+            _checks.check_finite(leaf, "params", path=path, why="training would start from NaN")
     model_state = {} if model_state is None else model_state
     teacher_state = {} if teacher_state is None else teacher_state
     tree.leaves_with_paths(model_state, argname="model_state")
@@ -178,15 +187,32 @@ def init_state(
     comp_state = transform.init(params, key_init)
     params = constrain(params, comp_state)
     trainable, _ = split_trainable(params, comp_state)
+    opt_state = optimizer.init(trainable)
+    _check_moments(opt_state)
     return DistillState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=optimizer.init(trainable),
+        opt_state=opt_state,
         comp_state=comp_state,
         rng=key_run,
         model_state=model_state,
         teacher_state=teacher_state,
     )
+
+
+def _check_moments(opt_state: PyTree) -> None:
+    """Refuses float16 optimizer state: Adam's squared gradients flush to 0 in float16 and
+    its ``eps = 1e-8`` rounds to 0, so the first update is 0 / 0 (NaN at step 2)."""
+    for path, leaf in tree.leaves_with_paths(opt_state, argname="opt_state"):
+        if getattr(leaf, "dtype", None) == jnp.float16:
+            raise ValueError(
+                f"params are float16 and the optimizer keeps float16 state (opt_state leaf "
+                f"{path!r}): optax.adam's moments underflow in float16 and the loss is NaN "
+                "from step 2. Keep float32 params (the master weights) and cast in the "
+                "forward pass: apply16 = lambda p, x: apply(lc.train.cast_floating(p, "
+                "jnp.float16), x.astype(jnp.float16)) (benchmarks/bench_float16.py: the "
+                "float32 run's accuracy)"
+            )
 
 
 def constrain(params: PyTree, comp_state: PyTree) -> PyTree:

@@ -42,9 +42,8 @@ def _default_loss(alpha, temperature, kind) -> tuple[Callable, bool, bool]:
     if alpha is not None:
         kwargs["alpha"] = _checks.check_number(alpha, "alpha", lo=0.0, hi=1.0)
     if temperature is not None:
-        kwargs["temperature"] = _checks.check_number(
-            temperature, "temperature", lo=0.0, lo_open=True
-        )
+        lo, hi = distill.TEMPERATURE_RANGE
+        kwargs["temperature"] = _checks.check_number(temperature, "temperature", lo=lo, hi=hi)
     if kind is not None:
         kwargs["kind"] = _checks.check_choice(kind, distill.KINDS, "kind")
     a = kwargs.get("alpha", 0.5)  # distill.loss's default alpha

@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import jax
 
+from lightcomp._checks import check_key
+
 PyTree = Any
 
 
@@ -63,7 +65,8 @@ def identity() -> Transform:
     """The transform that changes nothing; its state is an empty tuple."""
 
     def init(params, key):
-        del params, key
+        del params
+        check_key(key)
         return ()
 
     def apply(params, state):
@@ -103,6 +106,7 @@ def chain(*transforms: Transform) -> Transform:
             )
 
     def init(params, key):
+        check_key(key)
         keys = jax.random.split(key, max(n, 1))
         states = []
         for t, k in zip(transforms, keys, strict=False):

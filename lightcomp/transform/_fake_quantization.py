@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 from lightcomp import _checks, quant, tree
@@ -163,7 +164,7 @@ def fake_quantization(
         return lays
 
     def init(params, key):
-        del key
+        _checks.check_key(key)
         tree.selection(params, rule, require_any=True)
         lays, fp = layouts(params)
         if not learned_scale:
@@ -201,4 +202,7 @@ def _quantized(w, lay, scale=None, *, bits, symmetric):
     """``w`` fake-quantized in layout ``lay``: its own range, or LSQ with ``scale``."""
     if scale is None:
         return quant.fake_quant(w, bits, symmetric=symmetric, **_layout_args(lay))
-    return quant.lsq_fake_quant(w, scale, bits, **_layout_args(lay))
+    # A trained step size that went below 1e-8 is used as 1e-8, its gradient unchanged (as
+    # lsq_fake_quant does under jit); lsq_fake_quant itself refuses a concrete scale <= 0.
+    floor = jax.lax.stop_gradient(jnp.maximum(scale, jnp.asarray(1e-8, scale.dtype)))
+    return quant.lsq_fake_quant(w, quant.straight_through(scale, floor), bits, **_layout_args(lay))

@@ -181,7 +181,7 @@ def pruning(
         return leaf_axes
 
     def init(params, key):
-        del key
+        _checks.check_key(key)
         tree.selection(params, rule, require_any=True)
         leaf_axes, fp = resolved(params)
         if begin_step == 0 and not score_fn.needs_grads:

@@ -127,6 +127,7 @@ def weight_sharing(
         return kept
 
     def init_fn(params, key):
+        _checks.check_key(key)
         paths = tree.selected_paths(params, rule)
         if not paths:
             tree.selection(params, rule, require_any=True)  # raises, listing the paths

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -126,14 +126,46 @@ def select(
 ) -> Select:
     """Builds a `Select` rule; see its docstring.
 
+    Args:
+      include: a regex string or a list/tuple of them (not a dict: a parameter tree is
+        not a pattern).
+      exclude: the same.
+      predicate: ``(path, leaf) -> bool`` or None.
+
+    Returns:
+      A `Select`.
+
+    Raises:
+      TypeError: ``include`` or ``exclude`` neither a string nor a list/tuple of strings,
+        a ``predicate`` that is not callable.
+      ValueError: a pattern that does not compile.
+
     Example:
       >>> rule = lc.tree.select(include=r"Dense_\\d/kernel", exclude=r"Dense_2")
       >>> rule("Dense_0/kernel", jnp.ones((2, 2))), rule("Dense_2/kernel", jnp.ones((2, 2)))
       (True, False)
     """
-    inc = (include,) if isinstance(include, str) else tuple(include)
-    exc = (exclude,) if isinstance(exclude, str) else tuple(exclude)
-    return Select(inc, exc, predicate)
+    return Select(_patterns(include, "include"), _patterns(exclude, "exclude"), predicate)
+
+
+def _patterns(value: Any, argname: str) -> tuple[str, ...]:
+    """A regex string or a list/tuple of them, as a tuple; a dict or a number is refused."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Mapping) or not isinstance(value, (list, tuple)):
+        hint = (
+            " (a dict is not a pattern: pass its paths as strings)"
+            if isinstance(value, Mapping)
+            else ""
+        )
+        raise TypeError(
+            f"{argname} must be a regex string or a list/tuple of them, got "
+            f"{type(value).__name__}{hint}"
+        )
+    bad = [p for p in value if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{argname} must hold regex strings only, got {bad[0]!r}")
+    return tuple(value)
 
 
 SelectLike = Select | str | Predicate | None

@@ -356,3 +356,18 @@ def test_bad_data():
         cluster.kmeans(stacked, 4, axis=(0, 1), name="layers/kernel")
     with pytest.raises(ValueError, match="non-zero values"):
         cluster.kmeans(np.array([0, 0, 1, 2, 0, 1], np.float32), 4, preserve_zeros=True)
+
+
+@pytest.mark.parametrize("init", ["linear", "density", "kmeans++"])
+def test_kmeans_of_huge_weights_is_kmeans_of_their_power_of_two_scale(init):
+    # 1e37-scale weights: cluster sums would pass float32's max; k-means divides by a power
+    # of two first, so it equals k-means of the scaled-down values scaled back, bit for bit.
+    x = _data(40, n=256)
+    big = x * np.float32(2.0**123)  # ~1e37
+    key = jax.random.key(1)
+    c_small, a_small = cluster.kmeans(x, 8, init=init, key=key)
+    for fit in (cluster.kmeans, jax.jit(cluster.kmeans, static_argnames=("k", "init"))):
+        c, a = fit(big, k=8, init=init, key=key)
+        assert np.isfinite(np.asarray(c)).all()
+        np.testing.assert_array_equal(np.asarray(c), np.asarray(c_small) * np.float32(2.0**123))
+        np.testing.assert_array_equal(a, a_small)

@@ -33,8 +33,12 @@ def test_loss_mixes_label_and_distillation_terms(jitted, kind, alpha):
     parts = distill.loss_parts(s, t, labels, **kw)
     assert set(parts) == {"loss", "distill", "label"}
     np.testing.assert_allclose(parts["distill"], dist, rtol=1e-5)
-    # without labels: the distillation term alone, whatever alpha
-    np.testing.assert_allclose(distill.loss(s, t, **kw), dist, rtol=1e-5)
+    # without labels: the distillation term alone for alpha > 0; alpha = 0 asks for labels
+    if alpha > 0:
+        np.testing.assert_allclose(distill.loss(s, t, **kw), dist, rtol=1e-5)
+    else:
+        with pytest.raises(ValueError, match=r"alpha=0\.0.*labels is None"):
+            distill.loss(s, t, **kw)
 
 
 @settings(max_examples=20, deadline=None)

@@ -230,3 +230,20 @@ def test_tuple_axes_range_of_the_kept_axes_sizes(ref):
         ValueError, match=r"range min has shape \(3, 2\), axes \(1, 2\) have \(2, 3\)"
     ):
         quant.fake_quant(jnp.asarray(x), 4, axis=(1, 2), range=(np.zeros((3, 2)), np.ones((3, 2))))
+
+
+def test_asymmetric_grid_over_a_range_wider_than_float32s_max():
+    # hi - lo = 4e38 overflows float32; the scale is hi / n - lo / n there, the contract's
+    # (hi - lo) / n computed in float64.
+    x = jnp.array([-1e38, -5e37, 0.0, 2e38, 3e38], jnp.float32)
+    want_scale = (3e38 - -1e38) / 255
+    for fn in (quant.quantize, _q_jit):
+        qt = fn(x, bits=8, symmetric=False)
+        np.testing.assert_allclose(float(qt.scale), want_scale, rtol=1e-6)
+        zp = np.round(1e38 / want_scale)
+        codes = np.clip(np.round(np.asarray(x, np.float64) / want_scale) + zp, 0, 255)
+        np.testing.assert_array_equal(np.asarray(qt.values), codes)
+    for fn in (quant.fake_quant, _fq_jit):
+        out = fn(x, bits=8, symmetric=False)
+        assert np.isfinite(np.asarray(out)).all()
+        np.testing.assert_allclose(out, (codes - zp) * want_scale, rtol=1e-6)
