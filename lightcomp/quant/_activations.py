@@ -323,7 +323,8 @@ def _run(fn, state, args, kwargs, rule, opts, outputs, spec, strict, *, update: 
         if not dynamic and path not in new:
             raise ValueError(
                 f"layer {path!r} has no range in state (state has {sorted(new)}); "
-                "build the state with init on the same fn"
+                "build the state with init on the same fn (lightcomp.train.linen_apply reads it "
+                "from model_state['act_ranges'])"
             )
         ranges = new.setdefault(path, {}) if not dynamic else {}
         attr = op_attr(context.module) if spec is not None else False
