@@ -58,6 +58,7 @@ from lightcomp.quant._calibration import (
     minmax_of,
 )
 from lightcomp.quant._fake_quant import fake_quant_in
+from lightcomp.quant._int_dot import OPERANDS
 from lightcomp.quant._int_forward import IntForward, act_layout
 from lightcomp.quant._int_layers import LayerOp, call_linen, op_attr
 from lightcomp.quant._layout import Layout
@@ -165,9 +166,12 @@ def quant_one(
     return fake_quant_in(x, lay, lo_hi, bits=bits, symmetric=symmetric, clipped=clipped), st
 
 
-def int_spec(opts: dict[str, Any], weight_bits: Any, compute: Any) -> IntForward | None:
+def int_spec(
+    opts: dict[str, Any], weight_bits: Any, compute: Any, operands: Any = "int8"
+) -> IntForward | None:
     """The `IntForward` of a quantizer, or None when its layers run in float."""
     compute = check_choice(compute, COMPUTES, "compute")
+    operands = check_choice(operands, OPERANDS, "operands")
     weight_bits = None if weight_bits is None else check_bits(weight_bits, argname="weight_bits")
     if compute == "float":
         return None
@@ -179,7 +183,8 @@ def int_spec(opts: dict[str, Any], weight_bits: Any, compute: Any) -> IntForward
         )
     if not fits:
         return None
-    return IntForward(opts["bits"], opts["symmetric"], weight_bits, opts["axis"], opts["clipped"])
+    o = opts
+    return IntForward(o["bits"], o["symmetric"], weight_bits, o["axis"], o["clipped"], operands)
 
 
 def _layer_rule(layers: Any) -> Callable[[str, Any], bool]:
@@ -207,6 +212,7 @@ def activation_quant(
     ranges: str = "ema",
     weight_bits: int | None = None,
     compute: str = "auto",
+    operands: str = "int8",
 ) -> ActQuant:
     """Quantization of the inputs (and outputs) of linen layers: EMA, dynamic or fixed ranges.
 
@@ -229,13 +235,16 @@ def activation_quant(
         kernel already there: its own codes).
       compute: ``"auto"`` (integers where exact), ``"int8"`` (refuse the float path) or
         ``"float"``.
+      operands: how the integer path contracts its codes: ``"int8"`` (int32 accumulation) or
+        ``"bfloat16"`` (the same exact sums on bfloat16 dot units, faster on some CPUs; up to
+        1024 contracted terms, int8 beyond), as `lightcomp.quant.int_dot_general`.
 
     Returns:
       An `ActQuant` ``(init, update, apply)``.
 
     Raises:
       ValueError / TypeError: a bad ``bits``, ``symmetric``, ``outputs``, ``axis``, ``decay``,
-        ``ste``, ``layers``, ``ranges``, ``weight_bits`` or ``compute``, per-token ranges
+        ``ste``, ``layers``, ``ranges``, ``weight_bits``, ``compute`` or ``operands``, per-token ranges
         that are not dynamic, or ``compute="int8"`` without ``weight_bits <= 8``.
 
     References:
@@ -255,7 +264,7 @@ def activation_quant(
       True
     """
     opts = check_config(bits, symmetric, axis, decay, ste, ranges)
-    spec = int_spec(opts, weight_bits, compute)
+    spec = int_spec(opts, weight_bits, compute, operands)
     strict = compute == "int8"
     outputs = check_bool(outputs, "outputs")
     rule = _layer_rule(layers)

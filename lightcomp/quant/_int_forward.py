@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import opt_einsum
 from jax import lax
 
-from lightcomp.quant._int_dot import int_conv_general_dilated, int_dot_general
+from lightcomp.quant._int_dot import BF16_EXACT_TERMS, int_conv_general_dilated, int_dot_general
 from lightcomp.quant._layout import Layout, layout
 from lightcomp.quant._numerics import encode, int_dtype
 from lightcomp.quant._qtensor import QTensor, dequantize
@@ -49,6 +50,8 @@ class IntForward:
         (``"tokens"``: every axis but the last, resolved by `act_layout`).
       clipped: the clipped straight-through estimator for the activation (zero gradient
         where it fell outside a fixed range).
+      operands: ``"int8"`` (int32 accumulation) or ``"bfloat16"`` (the same codes and exact
+        sums on bfloat16 dot units, for up to 1024 contracted terms; int8 beyond).
     """
 
     bits: int
@@ -56,6 +59,7 @@ class IntForward:
     weight_bits: int
     axis: Any = None
     clipped: bool = True
+    operands: str = "int8"
 
 
 def act_layout(shape: tuple[int, ...], axis: Any) -> Layout:
@@ -98,7 +102,9 @@ def _ste_fwd(spec: IntForward, contract: Callable, kept_w, int_op, x, w, lo_hi):
     x_lay = act_layout(x.shape, spec.axis)
     qx, inside = _codes(x, x_lay, lo_hi, spec.bits, spec.symmetric)
     qw, _ = _codes(w, layout(w.shape, kept_w or None), None, spec.weight_bits, True)
-    y = int_op(qx, qw).astype(jnp.result_type(x.dtype, w.dtype))
+    terms = math.prod(w.shape[a] for a in range(w.ndim) if a not in kept_w)
+    operands = spec.operands if terms <= BF16_EXACT_TERMS else "int8"
+    y = int_op(qx, qw, operands).astype(jnp.result_type(x.dtype, w.dtype))
     gate = inside if spec.clipped and lo_hi is not None else None
     return y, (qx, qw, gate, lo_hi)
 
@@ -144,8 +150,8 @@ def int_ste_dot_general(
     return _ste(spec, contract, kept_w, int_op, x, w, lo_hi)
 
 
-def _int_dot(dimension_numbers, qx, qw):
-    return int_dot_general(qx, qw, dimension_numbers)
+def _int_dot(dimension_numbers, qx, qw, operands):
+    return int_dot_general(qx, qw, dimension_numbers, operands=operands)
 
 
 def int_ste_conv(
@@ -181,7 +187,7 @@ def _float_conv(kw, a, b):
     return lax.conv_general_dilated(a, b, **dict(kw))
 
 
-def _int_conv(kw, qx, qw):
+def _int_conv(kw, qx, qw, operands):
     kw = dict(kw)
     return int_conv_general_dilated(
         qx,
@@ -192,6 +198,7 @@ def _int_conv(kw, qx, qw):
         kw.get("rhs_dilation"),
         kw["dimension_numbers"],
         kw.get("feature_group_count", 1),
+        operands=operands,
     )
 
 

@@ -44,14 +44,14 @@ class FakeQuantInputs(nnx.Module):
 
     Args:
       layer: the wrapped module (called as ``layer(x, ...)``).
-      bits, symmetric, outputs, decay, ste, ranges, weight_bits, compute: as
+      bits, symmetric, outputs, decay, ste, ranges, weight_bits, compute, operands: as
         `lightcomp.quant.activation_quant`.
       axis: None (one range per tensor) or ``"tokens"`` (one per row; dynamic ranges).
       use_running_average: freeze the ranges.
 
     Raises:
       ValueError / TypeError: a bad ``bits``, ``symmetric``, ``outputs``, ``decay``, ``ste``,
-        ``axis``, ``ranges``, ``weight_bits``, ``compute`` or ``use_running_average``.
+        ``axis``, ``ranges``, ``weight_bits``, ``compute``, ``operands`` or ``use_running_average``.
     """
 
     def __init__(
@@ -67,12 +67,13 @@ class FakeQuantInputs(nnx.Module):
         ranges: str = "ema",
         weight_bits: int | None = None,
         compute: str = "auto",
+        operands: str = "int8",
         use_running_average: bool = False,
     ):
         if axis not in (None, "tokens"):
             raise ValueError(f"axis must be None or 'tokens' for an nnx wrapper, got {axis!r}")
         opts = check_config(bits, symmetric, axis, decay, ste, ranges)
-        self.spec = int_spec(opts, weight_bits, compute)
+        self.spec = int_spec(opts, weight_bits, compute, operands)
         self.strict = compute == "int8"
         self.axis, self.ranges = opts["axis"], opts["mode"]
         self.layer = layer
@@ -158,7 +159,7 @@ def wrap_nnx(
       bits: integer width, 2..16.
       layers: the layer classes to wrap.
       **kwargs: passed to `FakeQuantInputs` (``symmetric``, ``outputs``, ``decay``, ``ste``,
-        ``axis``, ``ranges``, ``weight_bits``, ``compute``).
+        ``axis``, ``ranges``, ``weight_bits``, ``compute``, ``operands``).
 
     Returns:
       ``model``, with its layers wrapped.
