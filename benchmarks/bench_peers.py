@@ -128,6 +128,12 @@ QAT: dict[str, tuple[str | None, str, list[str], str]] = {
         ["--operands", "bfloat16"],
         "int8 codes carried in bfloat16, the same exact sums",
     ),
+    "lightcomp-layer": (
+        None,
+        "lightcomp_qat.py",
+        ["--weights", "layer"],
+        "int8 dots, the kernels quantized in the layer (weight_bits), no transform",
+    ),
     "qwix": ("qwix", "qwix_step.py", [], "qwix QtProvider, int8 weights and activations"),
     "aqtp": ("aqtp", "aqt_step.py", [], "AQT AqtDotGeneral, fully_quantized(8, bwd_bits=None)"),
 }

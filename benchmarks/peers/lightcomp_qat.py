@@ -7,7 +7,8 @@ input quantized per tensor from its own range. ``--compute int8`` (default) runs
 Dense layers as int8 x int8 -> int32 dot_generals with a straight-through backward in float;
 ``--compute float`` the same numbers by float fake quantization; ``--act tokens`` one range
 per row (as qwix and AQT do by default); ``--operands bfloat16`` the same codes and exact
-sums on bfloat16 dot units.
+sums on bfloat16 dot units; ``--weights layer`` no ``fake_quantization`` transform: the
+intercepted layers quantize their kernels themselves (``weight_bits``), as qwix and AQT do.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _kd(student_logits, teacher_logits, labels):
     )
 
 
-def build(batch: int, compute: str = "int8", act: str = "tensor", operands: str = "int8"):
+def build(batch, compute="int8", act="tensor", operands="int8", weights="transform"):
     x, y = P.batch_arrays(batch)
     data = {"inputs": jnp.asarray(x), "labels": jnp.asarray(y)}
     key = jax.random.key(P.SEED)
@@ -51,7 +52,8 @@ def build(batch: int, compute: str = "int8", act: str = "tensor", operands: str 
 
     def make(variant):
         quantized = variant == "q"
-        transform = lc.transform.fake_quantization(P.BITS) if quantized else lc.identity()
+        by_transform = quantized and weights == "transform"
+        transform = lc.transform.fake_quantization(P.BITS) if by_transform else lc.identity()
         student = lc.train.linen_apply(model, act_quant=aq if quantized else None)
         _, params = lc.models.init_mlp(P.STUDENT, P.IN_FEATURES, jax.random.fold_in(key, 2))
         holder = [lc.train.init_state(params, optimizer, transform, jax.random.fold_in(key, 3))]
@@ -84,7 +86,8 @@ if __name__ == "__main__":
     extra.add_argument("--compute", default="int8", choices=("int8", "float"))
     extra.add_argument("--act", default="tensor", choices=("tensor", "tokens"))
     extra.add_argument("--operands", default="int8", choices=("int8", "bfloat16"))
+    extra.add_argument("--weights", default="transform", choices=("transform", "layer"))
     opts, rest = extra.parse_known_args()
     sys.argv = [sys.argv[0], *rest]
     args = P.parse_args()
-    P.main(lambda b: build(b, opts.compute, opts.act, opts.operands), versions, args)
+    P.main(lambda b: build(b, opts.compute, opts.act, opts.operands, opts.weights), versions, args)
