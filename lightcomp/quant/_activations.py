@@ -131,11 +131,11 @@ def observe(
     first takes an EMA step with ``x``. Otherwise the state's range, frozen (an empty one,
     ``count == 0``, falls back to ``x``'s own min/max).
     """
+    check_finite(x, "activation")  # skipped when traced
     if mode == "dynamic":
         return None, st
     if not isinstance(st, EmaRange):
         raise TypeError(f"state must be an EmaRange, got {type(st).__name__}")
-    check_finite(x, "activation")
     lo, hi = minmax_of(x, lay)
     if update and mode == "ema":
         check_state_shape(st, lay)
