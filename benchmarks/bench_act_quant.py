@@ -26,6 +26,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import collections
+import re
 import statistics
 import time
 
@@ -80,6 +82,13 @@ def _paths(model, params, x):
     }
 
 
+def _op_histogram(fn, *args) -> collections.Counter:
+    """The instruction histogram of ``fn``'s optimized (compiled) XLA program."""
+    return collections.Counter(
+        re.findall(r"= \S+ (\w[\w-]*)\(", fn.lower(*args).compile().as_text())
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -108,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         f"per-tensor activations; {rounds} interleaved rounds of {calls} calls (median ms; "
         "ratio: median of the per-round ratios to fake_quant by hand)."
     )
+    same = _op_histogram(paths["dynamic"], params, x) == _op_histogram(
+        paths["fake_quant"], params, x
+    )
+    print(f"ranges='dynamic' compiles to the program of fake_quant by hand (same ops): {same}")
     print("\n| activation path | ms | vs fake_quant |")
     print("|---|---|---|")
     for k, ts in times.items():
