@@ -24,24 +24,30 @@ The peers are optional: ``--setup`` creates one virtual environment per peer
 reported as such and the others are still measured. Inputs are random (the
 same seed everywhere): a step's time does not depend on the data.
 
+With ``--qat`` it measures the (c') step instead: (b) + 8-bit symmetric per-channel
+weights and 8-bit dynamic activations in the student's forward (no mask), for lightcomp
+(``make_step`` + ``fake_quantization`` + ``linen_apply(act_quant=...)``, integer dots;
+also its float fake-quant path and per-row activation ranges), qwix (``QtProvider``) and AQT
+(``AqtDotGeneral`` in training mode), each peer in its own environment from ``--setup``.
+
 Usage::
 
     python benchmarks/bench_peers.py --setup     # create the peers' environments (downloads)
     python benchmarks/bench_peers.py             # measure
     python benchmarks/bench_peers.py --quick     # a few steps, to check that it works
+    python benchmarks/bench_peers.py --qat       # the (c') step: lightcomp, qwix, AQT
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+from peers._workers import Worker, interleave, round_ratio, wait_all, worker_argv
 
 HERE = Path(__file__).resolve().parent
 WORKERS = HERE / "peers"
@@ -101,6 +107,37 @@ LOCAL = {
     "jax": {"worker": "jax_step.py", "label": "JAX + optax by hand, one jit"},
 }
 VARIANTS = ("a", "b", "c")
+# the (c') step (--qat): name -> (environment or None for this one, worker, args, label)
+QAT: dict[str, tuple[str | None, str, list[str], str]] = {
+    "lightcomp": (None, "lightcomp_qat.py", [], "make_step, int8 x int8 -> int32 dots, STE"),
+    "lightcomp-float": (
+        None,
+        "lightcomp_qat.py",
+        ["--compute", "float"],
+        "the same numbers by float fake quantization",
+    ),
+    "lightcomp-rows": (
+        None,
+        "lightcomp_qat.py",
+        ["--act", "tokens"],
+        "int8 dots, one activation range per row (as qwix and AQT)",
+    ),
+    "lightcomp-bf16": (
+        None,
+        "lightcomp_qat.py",
+        ["--operands", "bfloat16"],
+        "int8 codes carried in bfloat16, the same exact sums",
+    ),
+    "lightcomp-layer": (
+        None,
+        "lightcomp_qat.py",
+        ["--weights", "layer"],
+        "int8 dots, the kernels quantized in the layer (weight_bits), no transform",
+    ),
+    "qwix": ("qwix", "qwix_step.py", [], "qwix QtProvider, int8 weights and activations"),
+    "aqtp": ("aqtp", "aqt_step.py", [], "AQT AqtDotGeneral, fully_quantized(8, bwd_bits=None)"),
+}
+QAT_VARIANTS = ("b", "q")
 
 
 def _venv_python(venv_dir: Path, peer: str) -> Path:
@@ -157,67 +194,48 @@ def _probe(venv_dir: Path, peer: str) -> str | None:
     return out.stdout.strip().splitlines()[-1]
 
 
-class Worker:
-    """A step-timing process that answers one JSON request per line on stdin."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], label: str):
-        self.name, self.label = name, label
-        # stderr to a file: a chatty worker (TensorFlow's logs) must never fill a pipe and stall
-        self.stderr = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-            env={**os.environ, **env},
-            bufsize=1,
+def qat(args: argparse.Namespace, venv_dir: Path, iters: int, rounds: int) -> int:
+    """The (c') comparison: lightcomp's quantized KD step vs qwix's and AQT's, interleaved."""
+    started, unavailable = [], {}
+    for name, (venv, worker, extra, label) in QAT.items():
+        python = sys.executable if venv is None else str(venv_dir / venv / "bin" / "python")
+        if not Path(python).exists():
+            unavailable[name] = f"not installed (no environment at {Path(python).parent.parent})"
+            continue
+        started.append(Worker(name, worker_argv(python, worker, args, extra), {}, label))
+    local = [n for n, spec in QAT.items() if spec[0] is None]
+    workers, more = wait_all(started, local)
+    unavailable.update(more)
+    times, elapsed = interleave(workers, QAT_VARIANTS, rounds, iters)
+    med = {n: {v: statistics.median(ts) for v, ts in d.items()} for n, d in times.items()}
+    print(
+        f"\nLeNet-300-100 KD step (c'): 8-bit symmetric per-channel weights, 8-bit dynamic "
+        f"activations, batch {args.batch}; {rounds} interleaved rounds of {iters} steps (median "
+        f"ms per step; ratios: median of the per-round ratios), {elapsed:.0f} s, "
+        f"{os.cpu_count()} CPU cores."
+    )
+    for w in workers:
+        print(f"  {w.name}: {w.label}; {w.info.get('versions', '')}; {w.info.get('check', '')}")
+    for name, why in unavailable.items():
+        print(f"  {name}: NOT MEASURED: {why}")
+    peers = [w.name for w in workers if QAT[w.name][0] is not None]
+    if peers:
+        best = min(peers, key=lambda n: med[n]["q"])
+        r = round_ratio(times, "lightcomp", "q", best, "q")
+        verdict = "met" if r <= 1.0 else "MISSED"
+        print(f"target: lightcomp (c') <= 1.0x the faster peer ({best}): {verdict} ({r:.2f}x)")
+    print()
+    print("| implementation | (b) ms | (c') ms | (c')/(b) | (c') / lightcomp (c') |")
+    print("|---|---|---|---|---|")
+    for w in workers:
+        m = med[w.name]
+        print(
+            f"| {w.name} | {m['b']:.2f} | {m['q']:.2f} | {round_ratio(times, w.name, 'q', w.name, 'b'):.3f}"
+            f" | {round_ratio(times, w.name, 'q', 'lightcomp', 'q'):.2f} |"
         )
-        self.info: dict = {}
-
-    def wait_ready(self) -> None:
-        """Blocks until the worker has compiled and warmed up its steps."""
-        self.info = self._read()
-
-    def _read(self) -> dict:
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                self.proc.wait()
-                self.stderr.seek(0)
-                err = self.stderr.read()
-                raise RuntimeError(f"{self.name} worker exited: {err.strip()[-2000:]}")
-            line = line.strip()
-            if line.startswith("{"):
-                return json.loads(line)
-
-    def time(self, variant: str, iters: int) -> float:
-        self.proc.stdin.write(json.dumps({"variant": variant, "iters": iters}) + "\n")
-        self.proc.stdin.flush()
-        return float(self._read()["ms"])
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.stderr.close()
-
-
-def _worker_argv(
-    python: str, worker: str, args: argparse.Namespace, extra: list[str] | None = None
-) -> list[str]:
-    return [
-        python,
-        str(WORKERS / worker),
-        *(extra or []),
-        "--batch",
-        str(args.batch),
-        "--warmup",
-        str(args.warmup),
-    ]
+    for name in unavailable:
+        print(f"| {name} | not measured | | | |")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=None, help="steps per timing")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--qat", action="store_true", help="the (c') step: lightcomp, qwix, AQT")
     args = parser.parse_args(argv)
     peers = [p for p in args.peers.split(",") if p]
     for p in peers:
@@ -246,12 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup = min(args.warmup, 2)
 
     installed = setup(args.venv_dir, peers) if args.setup else {}
+    if args.qat:
+        return qat(args, args.venv_dir, iters, rounds)
     peers = [p for p in peers if p in KD_PEERS]  # serving peers: set up here, timed by bench_serve
 
     unavailable: dict[str, str] = {}
     # all workers start (import, compile, warm up) at once; timing then goes one at a time
     started: list[Worker] = [
-        Worker(name, _worker_argv(sys.executable, spec["worker"], args), {}, spec["label"])
+        Worker(name, worker_argv(sys.executable, spec["worker"], args), {}, spec["label"])
         for name, spec in LOCAL.items()
     ]
     for peer in peers:
@@ -265,44 +286,18 @@ def main(argv: list[str] | None = None) -> int:
         started.append(
             Worker(
                 peer,
-                _worker_argv(str(python), PEERS[peer]["worker"], args, PEERS[peer]["args"]),
+                worker_argv(str(python), PEERS[peer]["worker"], args, PEERS[peer]["args"]),
                 PEERS[peer]["env"],
                 PEERS[peer]["label"],
             )
         )
-    workers: list[Worker] = []
-    for w in started:
-        try:
-            w.wait_ready()
-            workers.append(w)
-        except RuntimeError as e:
-            w.close()
-            if w.name in LOCAL:
-                for other in started:
-                    other.close()
-                raise
-            unavailable[w.name] = f"could not run: {str(e).splitlines()[-1][:300]}"
-
-    times: dict[str, dict[str, list[float]]] = {w.name: {v: [] for v in VARIANTS} for w in workers}
-    t0 = time.perf_counter()
-    try:
-        for r in range(rounds):
-            # rotate the order each round so that no implementation always runs first
-            for variant in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
-                k = r % len(workers)
-                for w in workers[k:] + workers[:k]:
-                    times[w.name][variant].append(w.time(variant, iters))
-    finally:
-        for w in workers:
-            w.close()
-    elapsed = time.perf_counter() - t0
-
+    workers, more = wait_all(started, LOCAL)
+    unavailable.update(more)
+    times, elapsed = interleave(workers, VARIANTS, rounds, iters)
     med = {n: {v: statistics.median(ts) for v, ts in d.items()} for n, d in times.items()}
 
     def ratio(name: str, variant: str, other: str, other_variant: str) -> float:
-        # median over rounds of the ratio measured within each round (same machine load)
-        num, den = times[name][variant], times[other][other_variant]
-        return statistics.median(a / b for a, b in zip(num, den, strict=True))
+        return round_ratio(times, name, variant, other, other_variant)
 
     print(
         f"\nLeNet-300-100 KD step, batch {args.batch}, SGD momentum; {rounds} interleaved rounds "

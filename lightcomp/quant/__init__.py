@@ -20,7 +20,11 @@ Conventions (fixed by the public contract; round half to even everywhere):
 
 Integer matmuls: `int_dot_general` and `int_conv_general_dilated` contract two `QTensor`s
 (int8 codes; 2..4-bit codes may be held two per byte, `PackedInt4`) exactly in int32 and
-rescale once in float32; `lightcomp.serve` runs Flax models on them.
+rescale once in float32; `lightcomp.serve` runs Flax models on them. In training,
+`activation_quant` (linen) and `FakeQuantInputs` (nnx) with ``weight_bits`` run the forward of
+Dense, DenseGeneral, Conv and Einsum on the same integer contractions, with the fake-quant
+(straight-through) backward in float; their ranges are dynamic, EMA or calibrated, per tensor,
+token or channel, and `lightcomp.train.linen_apply` carries them in the step's model state.
 
 Numerics (rounding, clipping, noise) are kept apart from calibration (where a range comes
 from): every quantizer accepts ``range=(min, max)`` from `minmax_range`, `ema_range_update`,

@@ -80,7 +80,9 @@ def _swaps(model, act: InputQuant, in_float) -> list[tuple[Any, Any, Any]]:
         if isinstance(node, quant.FakeQuantInputs):
             if node.outputs:
                 raise ValueError(f"layer {path!r}: output quantization is not served")
-            inner, ranges = node.layer, node
+            if node.axis is not None:
+                raise ValueError(f"layer {path!r}: per-token input ranges are not served")
+            inner, ranges = node.layer, (node if node.ranges != "dynamic" else None)
             lact = input_quant(node.bits, node.symmetric, act.operands)
         has_q = any(
             isinstance(v, fnnx.Variable) and isinstance(v.get_value(), quant.QTensor)

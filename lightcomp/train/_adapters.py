@@ -20,10 +20,11 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
-from lightcomp import tree
+from lightcomp import quant, tree
 from lightcomp.train._stateful import StatefulApply, check_norm_axis, norm_axis_names
 
 PyTree = Any
+RANGES = "act_ranges"  # the model-state key of activation ranges (as lightcomp.serve reads it)
 
 
 def _linen_guard(bound: tuple[str, ...]):
@@ -45,12 +46,29 @@ def _linen_guard(bound: tuple[str, ...]):
     return guard
 
 
+def _with_ranges(aq, observe, run_module, params, model_state, inputs, rngs):
+    """``run_module`` under the activation quantizer ``aq``, ranges in ``model_state[RANGES]``."""
+    ranges = dict(model_state.get(RANGES, {}))
+    rest = {k: v for k, v in model_state.items() if k != RANGES}
+
+    def fn(p, x):
+        return run_module(p, rest, x, rngs)
+
+    if observe:
+        (out, updates), ranges = aq.update(fn, ranges, params, inputs)
+    else:
+        out, updates = aq.apply(fn, ranges, params, inputs)
+    return out, ({**updates, RANGES: ranges} if RANGES in model_state else updates)
+
+
 def linen_apply(
     module: nn.Module,
     *,
     rng_collections: Sequence[str] = ("dropout",),
     axis_name: str | Sequence[str] | None = "batch",
     statistics: Sequence[str] = ("batch_stats",),
+    act_quant: quant.ActQuant | None = None,
+    update_ranges: bool | None = None,
     **call_kwargs: Any,
 ) -> StatefulApply:
     """Wraps a linen module as a `StatefulApply` (``apply(params, inputs, key=None)`` too).
@@ -65,6 +83,12 @@ def linen_apply(
       axis_name: the axis name(s) the model's BatchNorm layers average over; bound to a
         size-1 axis when the step maps over no device axis (Flax's ResNet: ``"batch"``).
       statistics: the collections holding running statistics (`recalibrate`).
+      act_quant: a `lightcomp.quant.activation_quant` quantizer run around every forward
+        (with ``weight_bits``, on integer contractions); its ranges ride in the model state
+        as ``model_state["act_ranges"]`` (``act_quant.init(fn, params, x)``; not needed for
+        ``ranges="dynamic"``) and are updated by each forward: the step carries them.
+      update_ranges: update the activation ranges in this forward; None: unless
+        ``train=False`` is among ``call_kwargs``.
       **call_kwargs: static keywords of the module's ``__call__``, e.g. ``train=True``.
 
     Returns:
@@ -81,17 +105,29 @@ def linen_apply(
     axes = norm_axis_names(axis_name)
     stats = tuple(norm_axis_names(statistics, "statistics"))
     train = call_kwargs.get("train")
+    if act_quant is not None and not isinstance(act_quant, quant.ActQuant):
+        raise TypeError(f"act_quant must be a lightcomp.quant.ActQuant, got {act_quant!r}")
+    if update_ranges is not None and not isinstance(update_ranges, bool):
+        raise TypeError(f"update_ranges must be True, False or None, got {update_ranges!r}")
+    observe = update_ranges if update_ranges is not None else train is not False
+
+    def run_module(params, model_state, inputs, rngs):
+        variables = {"params": params, **model_state}
+        mutable = list(model_state)
+        if not mutable:
+            return module.apply(variables, inputs, rngs=rngs, **call_kwargs), {}
+        return module.apply(variables, inputs, rngs=rngs, mutable=mutable, **call_kwargs)
 
     def forward(params, model_state, inputs, key):
         rngs = None if key is None else {c: jax.random.fold_in(key, i) for i, c in enumerate(names)}
-        variables = {"params": params, **model_state}
-        mutable = list(model_state)
         try:
-            if not mutable:
-                return module.apply(variables, inputs, rngs=rngs, **call_kwargs), model_state
-            out, updates = module.apply(
-                variables, inputs, rngs=rngs, mutable=mutable, **call_kwargs
-            )
+            if act_quant is None:
+                out, updates = run_module(params, model_state, inputs, rngs)
+            else:
+                out, updates = _with_ranges(act_quant, observe, run_module, params, model_state,
+                                            inputs, rngs)  # fmt: skip
+            if not model_state:
+                return out, model_state
         except flax.errors.ScopeCollectionNotFound as e:
             raise ValueError(
                 f"{e}\nThe model needs non-parameter collections: pass them as the model state, "

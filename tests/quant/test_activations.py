@@ -104,3 +104,45 @@ def test_linen_bad_input():
         quant.activation_quant(8, ste="soft")
     with pytest.raises(TypeError, match="outputs"):
         quant.activation_quant(8, outputs="yes")
+
+
+@pytest.mark.parametrize("axis", [None, "tokens"])
+def test_dynamic_ranges_quantize_with_each_call_own_range(ref, axis):
+    aq = quant.activation_quant(8, symmetric=True, ranges="dynamic", axis=axis)
+    assert aq.init(APPLY, PARAMS, X) == {}
+    out, state = aq.update(APPLY, {}, PARAMS, X)
+    assert state == {}
+    keep = (0,) if axis == "tokens" else None
+    p0, p1 = PARAMS["Dense_0"], PARAMS["Dense_1"]
+    h = ref.quant(np.asarray(X), 8, True, keep)[0] @ np.asarray(p0["kernel"]) + np.asarray(
+        p0["bias"]
+    )
+    h = ref.quant(np.maximum(h, 0), 8, True, keep)[0]
+    want = h @ np.asarray(p1["kernel"]) + np.asarray(p1["bias"])
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(jax.jit(lambda p, x: aq.apply(APPLY, {}, p, x))(PARAMS, X), out)
+
+
+def test_calibrated_ranges_stay_fixed():
+    ema = quant.activation_quant(8)
+    _, calibrated = ema.update(APPLY, ema.init(APPLY, PARAMS, X), PARAMS, X)
+    fixed = quant.activation_quant(8, ranges="calibrated")
+    out, state = fixed.update(APPLY, calibrated, PARAMS, 3 * X)
+    chex.assert_trees_all_equal(state, calibrated)
+    np.testing.assert_array_equal(out, ema.apply(APPLY, calibrated, PARAMS, 3 * X))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(axis="tokens"), "ranges='dynamic'"),
+        (dict(ranges="running"), "ranges must be one of"),
+        (dict(compute="int4"), "compute must be one of"),
+        (dict(weight_bits=True), "weight_bits"),
+        (dict(compute="int8"), "weight_bits <= 8"),
+        (dict(weight_bits=8, operands="fp8"), "operands must be one of"),
+    ],
+)
+def test_bad_configuration_is_refused_at_construction(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        quant.activation_quant(8, **kwargs)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -64,3 +65,39 @@ def test_wrap_nnx_bad_input_leaves_the_model_unchanged():
     assert isinstance(model.layers[0], nnx.Linear)
     with pytest.raises(ValueError, match="nothing to wrap"):
         quant.wrap_nnx(model, 8, layers=nnx.Conv)
+
+
+def test_wrapped_nnx_model_trains_in_make_step_on_integer_dots():
+    """EMA ranges of a wrapped model ride in nnx_apply's model state, updated every step."""
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.a, self.b = nnx.Linear(12, 16, rngs=rngs), nnx.Linear(16, 4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(nnx.relu(self.a(x)))
+
+    x = jnp.asarray(np.random.default_rng(2).uniform(0, 1, (8, 12)).astype(np.float32))
+    y = jnp.asarray(np.arange(8) % 4, jnp.int32)
+    losses = {}
+    for compute, wb in (("int8", 8), ("float", None)):
+        model = lc.quant.wrap_nnx(Net(nnx.Rngs(0)), 8, symmetric=True, weight_bits=wb,
+                                  compute=compute)  # fmt: skip
+        apply, params = lc.train.nnx_apply(model, train=True)
+        t, opt = lc.fake_quantization(8), optax.sgd(0.1)
+        state = lc.train.init_state(
+            params, opt, t, jax.random.key(0), model_state=apply.model_state
+        )
+        step = jax.jit(lc.train.make_step(apply, None, opt, t, alpha=0.0))
+        run = []
+        for _ in range(3):
+            state, m = step(state, None, {"inputs": x, "labels": y})
+            run.append(float(m["loss"]))
+        counts = [
+            int(v)
+            for v in jax.tree.leaves(state.model_state)
+            if jnp.ndim(v) == 0 and v.dtype == jnp.int32
+        ]
+        assert counts == [3, 3], counts
+        losses[compute] = run
+    np.testing.assert_allclose(losses["int8"], losses["float"], rtol=1e-5)

@@ -195,3 +195,58 @@ def test_nnx_scanned_layers_keep_stacked_rng_keys():
     assert not np.allclose(out1, out2)
     np.testing.assert_array_equal(out1, again)
     chex.assert_trees_all_equal(key_data(s1), key_data(apply.model_state))
+
+
+_AQ_MODEL = lc.models.MLP((16, 4))
+_AQ_X = jnp.asarray(np.random.default_rng(5).uniform(0, 1, (2, 8, 12)).astype(np.float32))
+_AQ_Y = jnp.asarray(np.random.default_rng(6).integers(0, 4, (2, 8)).astype(np.int32))
+
+
+def _aq_run(compute, ranges="ema", steps=2):
+    """``steps`` distillation-free steps of an MLP whose Dense inputs are quantized."""
+    params = _AQ_MODEL.init(jax.random.key(0), _AQ_X[0])["params"]
+    t, opt = lc.fake_quantization(8), optax.sgd(0.1)
+    aq = lc.quant.activation_quant(8, symmetric=True, ranges=ranges, weight_bits=8, compute=compute)
+    fn = lambda p, x: _AQ_MODEL.apply({"params": p}, x)
+    ms = {"act_ranges": aq.init(fn, params, _AQ_X[0])} if ranges == "ema" else {}
+    state = lc.train.init_state(params, opt, t, jax.random.key(1), model_state=ms)
+    chex.clear_trace_counter()
+    step = jax.jit(chex.assert_max_traces(train.make_step(
+        train.linen_apply(_AQ_MODEL, act_quant=aq), None, opt, t, alpha=0.0), n=1))  # fmt: skip
+    losses = []
+    for i in range(steps):
+        state, m = step(state, None, {"inputs": _AQ_X[i % 2], "labels": _AQ_Y[i % 2]})
+        losses.append(float(m["loss"]))
+    return state, losses
+
+
+def test_linen_apply_act_quant_ranges_ride_in_the_model_state_every_step():
+    state, losses = _aq_run("int8", steps=3)
+    ranges = state.model_state["act_ranges"]
+    assert int(ranges["Dense_1"]["inputs"].count) == 3
+    lo = [float(_AQ_X[i % 2].min()) for i in range(3)]
+    want = lo[0]
+    for v in lo[1:]:
+        want = 0.99 * want + 0.01 * v
+    np.testing.assert_allclose(ranges["Dense_0"]["inputs"].min, want, rtol=1e-6)
+    fstate, flosses = _aq_run("float", steps=3)
+    np.testing.assert_allclose(losses, flosses, rtol=1e-5)
+    chex.assert_trees_all_close(state.params, fstate.params, atol=1e-6)
+    chex.assert_trees_all_close(state.model_state, fstate.model_state, atol=1e-6)
+
+
+def test_linen_apply_act_quant_dynamic_needs_no_state_and_missing_ranges_are_named():
+    state, _ = _aq_run("int8", ranges="dynamic", steps=1)
+    assert state.model_state == {}
+    aq = lc.quant.activation_quant(8)
+    apply = train.linen_apply(_AQ_MODEL, act_quant=aq)
+    params = _AQ_MODEL.init(jax.random.key(0), _AQ_X[0])["params"]
+    with pytest.raises(ValueError, match="act_ranges"):
+        apply(params, _AQ_X[0])
+    frozen = train.linen_apply(_AQ_MODEL, act_quant=aq, update_ranges=False)
+    fn = lambda p, x: _AQ_MODEL.apply({"params": p}, x)
+    ms = {"act_ranges": aq.init(fn, params, _AQ_X[0])}
+    _, new = frozen.run(params, ms, _AQ_X[0])
+    chex.assert_trees_all_equal(new, ms)
+    with pytest.raises(TypeError, match="act_quant"):
+        train.linen_apply(_AQ_MODEL, act_quant="int8")
