@@ -23,6 +23,7 @@ Conventions:
 """
 
 from lightcomp.prune._distributions import erk
+from lightcomp.prune._fold import fold_batchnorm
 from lightcomp.prune._granularity import NM, Block, Channel, Element, Granularity, as_granularity
 from lightcomp.prune._input_norms import input_norms
 from lightcomp.prune._masks import apply_masks, masks
@@ -74,6 +75,7 @@ __all__ = [
     "cosine_fraction",
     "erk",
     "fisher",
+    "fold_batchnorm",
     "gradient",
     "group_lasso_penalty",
     "input_norms",
