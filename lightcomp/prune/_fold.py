@@ -126,8 +126,8 @@ def fold_batchnorm(
                 f"neither {layer!r} nor {norm!r} has a bias to hold the folded shift; "
                 "use keep_norm=False"
             )
-        plan.append((layer, norm, node, s, t))
-    for layer, norm, node, s, t in plan:
+        plan.append((norm, node, s, t))
+    for norm, node, s, t in plan:
         kernel = node["kernel"]
         node["kernel"] = (kernel.astype(np.float32) * s).astype(kernel.dtype)
         bias = node.get("bias")
