@@ -30,6 +30,7 @@ from lightcomp.prune._masks import apply_masks, masks
 from lightcomp.prune._one_shot import one_shot_prune
 from lightcomp.prune._optax import keep_pruned, land_pruned, reset_moments, zero_pruned
 from lightcomp.prune._penalties import group_lasso_penalty, l1_penalty
+from lightcomp.prune._rebuild import smaller_module
 from lightcomp.prune._report import sparsity_report, sparsity_table
 from lightcomp.prune._rigl import prune_and_regrow
 from lightcomp.prune._schedules import (
@@ -96,6 +97,7 @@ __all__ = [
     "random_scores",
     "reset_moments",
     "shrink",
+    "smaller_module",
     "sparsity_report",
     "sparsity_table",
     "sq_grads_init",
