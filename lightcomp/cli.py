@@ -12,11 +12,11 @@ import sys
 
 __all__ = ["MODELS", "main"]
 
-# ``--model`` name -> (module, function): ``function(cfg: demo.DemoConfig, on_stage) -> result``
-# (the dict `lightcomp.demo.run` returns), imported only when that model is run.
+# ``--model`` name -> (module, function, help): ``function(cfg: demo.DemoConfig, on_stage)``
+# returns the dict `lightcomp.demo.run` documents; the module is imported only when run.
 MODELS = {
-    "mlp": ("lightcomp.demo", "run"),
-    "cnn": ("lightcomp.demo_cnn", "run"),
+    "mlp": ("lightcomp.demo", "run", "a 512-256 perceptron"),
+    "cnn": ("lightcomp.demo_cnn", "run", "two convs with BatchNorm, folded after pruning"),
 }
 
 
@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         choices=list(MODELS),
         default="mlp",
-        help="the network: mlp (a 512-256 perceptron), cnn (two convs with BatchNorm, "
-        "folded into the convs after pruning) [default: %(default)s]",
+        help="the network: "
+        + "; ".join(f"{name}: {text}" for name, (_, _, text) in MODELS.items())
+        + " [default: %(default)s]",
     )
     demo.add_argument(
         "--sparsity",
@@ -101,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(args, console) -> int:
     from lightcomp import demo
 
-    module, function = MODELS[args.model]
+    module, function, _ = MODELS[args.model]
     run = getattr(importlib.import_module(module), function)
     cfg = demo.DemoConfig(
         sparsity=args.sparsity,
