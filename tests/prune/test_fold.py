@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lightcomp as lc
 from lightcomp import prune as P
@@ -164,3 +166,28 @@ def test_non_finite_statistics_are_refused(bn_cnn):
     bad["BatchNorm_0"] = dict(bad["BatchNorm_0"], var=-jnp.ones(6))
     with pytest.raises(ValueError, match="BatchNorm_0: running statistics"):
         P.fold_batchnorm(params, bad, PAIRS)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_property_folding_twice_changes_nothing_more(seed):
+    """A folded norm is a shift: folding it again gives the same trees (float tolerance)."""
+    r = np.random.default_rng(seed)
+    c = int(r.integers(1, 6))
+    params = {
+        "Dense_0": {"kernel": jnp.asarray(r.normal(size=(3, c)), jnp.float32)},
+        "BatchNorm_0": {
+            "scale": jnp.asarray(r.normal(size=c), jnp.float32),
+            "bias": jnp.asarray(r.normal(size=c), jnp.float32),
+        },
+    }
+    stats = {
+        "BatchNorm_0": {
+            "mean": jnp.asarray(r.normal(size=c), jnp.float32),
+            "var": jnp.asarray(r.uniform(0.1, 3.0, size=c), jnp.float32),
+        }
+    }
+    pairs = {"Dense_0": "BatchNorm_0"}
+    once = P.fold_batchnorm(params, stats, pairs)
+    twice = P.fold_batchnorm(*once, pairs)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), once, twice)

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lightcomp as lc
 from lightcomp import prune as P
@@ -179,3 +181,32 @@ def test_whole_layer_pruned_and_a_module_without_widths(mlp):
                      ["Dense_0", "Dense_1"])  # fmt: skip
     with pytest.raises(ValueError, match="no field holds the layer widths"):
         P.smaller_module(nn.Dense(4), params, small, ["Dense_0", "Dense_1"])
+
+
+def _np_mlp(params, x, order):
+    for i, layer in enumerate(order):
+        x = x @ np.asarray(params[layer]["kernel"]) + np.asarray(params[layer]["bias"])
+        x = np.maximum(x, 0.0) if i < len(order) - 1 else x
+    return x
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), widths=st.lists(st.integers(1, 6), min_size=1, max_size=3))
+def test_property_any_channel_mask_gives_the_masked_function(seed, widths):
+    """Random channel masks (at least one channel alive): same function, exact widths."""
+    r = np.random.default_rng(seed)
+    sizes = [4, *widths, 3]
+    order = [f"Dense_{i}" for i in range(len(sizes) - 1)]
+    shapes = {name: (a, b) for name, a, b in zip(order, sizes[:-1], sizes[1:], strict=True)}
+    params = _random_params(shapes, seed, bias=1.0)
+    masks = {}
+    for name, (a, b) in shapes.items():
+        alive = r.random(b) < 0.5
+        alive[r.integers(b)] = True
+        masks[name] = {"kernel": np.broadcast_to(alive, (a, b)).copy(), "bias": None}
+    small = P.shrink(params, masks, order, activation=jax.nn.relu)
+    for name in order[:-1]:
+        assert small[name]["kernel"].shape[1] == masks[name]["kernel"][0].sum()
+    x = r.normal(size=(5, 4)).astype(np.float32)
+    want = _np_mlp(P.apply_masks(params, masks), x, order)
+    np.testing.assert_allclose(_np_mlp(small, x, order), want, rtol=1e-4, atol=1e-4)
