@@ -127,14 +127,18 @@ def test_nnx_states_fold_and_merge_back():
     np.testing.assert_array_equal(np.asarray(params["bn"]["scale"][...]) > 0, True)  # untouched
 
 
-def test_folded_weights_pack_and_serve_from_one_file(bn_cnn):
+@pytest.mark.parametrize("keep_norm", [False, True])
+def test_folded_weights_pack_and_serve_from_one_file(bn_cnn, keep_norm):
     model, params, stats, x = bn_cnn
-    p, _ = P.fold_batchnorm(params, stats, PAIRS, keep_norm=False)
+    p, s = P.fold_batchnorm(params, stats, PAIRS, keep_norm=keep_norm)
     fq = lc.transform.fake_quantization(8, axis=-1)
     eff = fq.apply(p, fq.init(p, jax.random.key(0)))
-    packed = lc.export.pack(eff)
-    plain = lc.models.CNN((6, 8), 10)
-    y = jax.jit(lc.serve.linen(plain))(lc.serve.from_packed(packed), x)
+    served_model = model if keep_norm else lc.models.CNN((6, 8), 10)
+    packed = lc.export.pack({"params": eff, "batch_stats": s} if keep_norm else eff)
+    qparams = lc.serve.from_packed(packed)
+    kernel = (qparams["params"] if keep_norm else qparams)["Conv_1"]["kernel"]
+    assert isinstance(kernel, lc.quant.QTensor)  # the folded kernel is on the int8 grid
+    y = jax.jit(lc.serve.linen(served_model))(qparams, x)
     want = _eval(model, params, stats, x)
     np.testing.assert_allclose(y, want, atol=0.05 * float(jnp.max(jnp.abs(want))))
 
