@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
         "and compress it in Deep Compression's stages (prune -> share -> quantize), pack it "
         "into a file, load the file back and evaluate it again.",
     )
+    _demo_options(demo)
+    inspect = sub.add_parser("inspect", help="print the size report of a packed model file")
+    inspect.add_argument("file", help="a file written by lightcomp.export.save")
+    return parser
+
+
+def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--model",
         choices=list(MODELS),
@@ -94,9 +101,6 @@ def _parser() -> argparse.ArgumentParser:
         "them; on a CPU-only machine this many host devices are created) [default: 1]",
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    inspect = sub.add_parser("inspect", help="print the size report of a packed model file")
-    inspect.add_argument("file", help="a file written by lightcomp.export.save")
-    return parser
 
 
 def _demo(args, console) -> int:
