@@ -36,7 +36,8 @@ def test_cnn_demo_folds_batchnorm_and_serves_from_the_file(cnn_run):
     acc = train.evaluate(lambda p, x: plain.apply({"params": p}, x), loaded, (ds.x_test, ds.y_test))
     assert acc["accuracy"] == result["final_accuracy"]
     y = jax.jit(serve.linen(plain))(serve.from_packed(export.load(cfg.out)), ds.x_test[:16])
-    assert y.shape == (16, 10) and np.isfinite(np.asarray(y)).all()
+    want = plain.apply({"params": loaded}, ds.x_test[:16])  # integer dots ~ the float forward
+    np.testing.assert_allclose(y, want, atol=0.05 * float(np.max(np.abs(want))))
 
 
 def test_fold_stage_keeps_the_zeros_and_drops_the_norms(cnn_run):
