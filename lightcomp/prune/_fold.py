@@ -26,6 +26,11 @@ def _pairs(pairs: Any) -> list[tuple[str, str]]:
         if not (isinstance(p, tuple) and len(p) == 2 and all(isinstance(s, str) for s in p)):
             raise TypeError(f"pairs: each entry must be (layer path, norm path), got {p!r}")
         out.append(p)
+    for i, side in ((0, "layer"), (1, "norm")):
+        names = [p[i] for p in out]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"pairs: {side} {twice[0]!r} appears twice (it would fold twice)")
     return out
 
 

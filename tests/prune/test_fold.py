@@ -152,6 +152,7 @@ def test_folded_weights_pack_and_serve_from_one_file(bn_cnn, keep_norm):
         ({"Dense_0": "BatchNorm_0"}, {}, ValueError, "Dense_0/kernel has 10 channels"),
         ("Conv_0", {}, TypeError, "pairs must map"),
         ([("Conv_0",)], {}, TypeError, "each entry"),
+        ([("Conv_0", "BatchNorm_0"), ("Conv_1", "BatchNorm_0")], {}, ValueError, "appears twice"),
         (PAIRS, {"epsilon": 0.0}, ValueError, "epsilon"),
         (PAIRS, {"keep_norm": "yes"}, TypeError, "keep_norm"),
     ],
