@@ -34,8 +34,26 @@ import numpy as np
 import optax
 
 from lightcomp import _checks, data, export, models, parallel, prune, train, transform, tree
+from lightcomp.demo_tables import markdown_table, print_table, result_table
 
-__all__ = ["DemoConfig", "Stage", "check_config", "markdown_table", "result_table", "run", "stages"]
+__all__ = [
+    "MLP_SIZES",
+    "DemoConfig",
+    "Net",
+    "Stage",
+    "check_config",
+    "check_devices",
+    "float_bytes",
+    "markdown_table",
+    "pack_student",
+    "print_table",
+    "result_table",
+    "run",
+    "run_stages",
+    "stages",
+]
+
+MLP_SIZES = (512, 256)  # the teacher's hidden layers (and the student's) by default
 
 _BIASES = tree.select(include=r"bias$", predicate=lambda path, leaf: tree.is_floating(leaf))
 
@@ -52,8 +70,9 @@ class DemoConfig:
       seed: seed of the data split, initialisations and batches.
       out: path of the packed model file.
       devices: devices to ``pmap`` the steps over (the batch is split between them).
-      teacher: hidden layer sizes of the teacher MLP.
-      student: hidden layer sizes of the student MLP (default: the teacher's).
+      teacher: hidden layer sizes of the teacher MLP (default ``(512, 256)``), or the
+        channels of the teacher CNN (default ``(32, 64)``).
+      student: the same for the student (default: the teacher's).
       batch_size: global batch size (divisible by ``devices``).
       learning_rate: Adam's learning rate.
       progress: show progress bars.
@@ -66,7 +85,7 @@ class DemoConfig:
     seed: int = 0
     out: str = "digits_mlp.lcpk"
     devices: int = 1
-    teacher: tuple[int, ...] = (512, 256)
+    teacher: tuple[int, ...] | None = None
     student: tuple[int, ...] | None = None
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -93,7 +112,9 @@ def check_config(cfg: DemoConfig) -> None:
     _checks.check_int(cfg.batch_size, "batch_size", lo=1)
     _checks.check_number(cfg.learning_rate, "learning_rate", lo=0.0, lo_open=True)
     _checks.check_bool(cfg.progress, "progress")
-    for name, sizes in (("teacher", cfg.teacher), ("student", cfg.student or ())):
+    for name, sizes in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if sizes is None:
+            continue
         if not isinstance(sizes, (tuple, list)):
             raise TypeError(f"{name} must be a tuple of hidden layer sizes, got {sizes!r}")
         for h in sizes:
@@ -122,7 +143,7 @@ class Stage:
 
     Attributes:
       name: the table's label.
-      model: ``"teacher"`` or ``"student"`` (which network is trained).
+      model: which network of the run is trained (``"teacher"``, ``"student"``, ...).
       start: ``"init"`` (fresh initialisation) or the name of the stage whose effective
         parameters it starts from.
       transform: the compression transform of the stage.
@@ -130,6 +151,8 @@ class Stage:
       steps: training steps.
       seed: seed of the stage's batches.
       key: index of the stage's PRNG key among the run's keys.
+      convert: ``(params, model_state) -> (params, model_state)`` applied to the ``start``
+        stage's result instead of training (BatchNorm folding); None for a trained stage.
     """
 
     name: str
@@ -140,6 +163,7 @@ class Stage:
     steps: int
     seed: int
     key: int
+    convert: Callable[[Any, Any], tuple[Any, Any]] | None = None
 
 
 def stages(cfg: DemoConfig) -> list[Stage]:
@@ -166,33 +190,64 @@ def stages(cfg: DemoConfig) -> list[Stage]:
     ]  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class Net:
+    """One network of a demo: its forward passes and its initial variables.
+
+    Attributes:
+      train_apply: ``(params, inputs) -> logits``, or a train-mode `lightcomp.train.StatefulApply`
+        (``linen_apply(module, train=True)``) for a model with BatchNorm.
+      eval_apply: the same in eval mode (may be ``train_apply`` for a stateless net).
+      params: the initial parameters.
+      model_state: the initial non-parameter state (``{"batch_stats": ...}``; ``{}``).
+    """
+
+    train_apply: Any
+    eval_apply: Any
+    params: Any
+    model_state: Any = dataclasses.field(default_factory=dict)
+
+
 def _zeros(params: Any) -> float:
     leaves = jax.tree.leaves(params)
     count = sum(int(np.size(x)) for x in leaves)
     return sum(int(np.sum(np.asarray(x) == 0)) for x in leaves) / max(count, 1)
 
 
-def _train(cfg: DemoConfig, spec: Stage, apply, params, teacher, key, ds) -> Any:
-    """Trains one stage; returns its effective parameters."""
+def float_bytes(net: Net) -> int:
+    """float32 bytes of a net's parameters and model state (what serving it in float needs)."""
+    leaves = jax.tree.leaves((net.params, net.model_state))
+    return 4 * sum(int(np.size(x)) for x in leaves)
+
+
+def _train(cfg: DemoConfig, spec: Stage, net: Net, start, teacher, key, ds) -> tuple[Any, Any]:
+    """Trains one stage; returns its effective parameters and model state."""
+    params, model_state = start
     opt = optax.adam(cfg.learning_rate)
-    t_apply, t_params = teacher if spec.distill else (None, None)
+    t_net, t_params, t_state = teacher if spec.distill else (None, None, None)
     kw = {} if spec.distill else {"alpha": 0.0}
     if cfg.devices > 1:
         kw["axis_name"] = "batch"
-    step = train.make_step(apply, t_apply, opt, spec.transform, **kw)
+    t_apply = t_net.eval_apply if t_net is not None else None
+    step = train.make_step(net.train_apply, t_apply, opt, spec.transform, **kw)
     if cfg.devices > 1:
         step = parallel.pmap_step(
             step, axis_name="batch", devices=jax.local_devices()[: cfg.devices]
         )
     # one compilation instead of many eager dispatches of the transform's init
-    state = jax.jit(lambda p, k: train.init_state(p, opt, spec.transform, k))(params, key)
+    init = jax.jit(
+        lambda p, k, ms, ts: train.init_state(
+            p, opt, spec.transform, k, model_state=ms, teacher_state=ts
+        )
+    )
+    state = init(params, key, model_state, t_state if spec.distill else {})
     effective = jax.jit(spec.transform.apply)
     test = (ds.x_test, ds.y_test)
 
     def eval_fn(st):
-        return {
-            "accuracy": train.evaluate(apply, effective(st.params, st.comp_state), test)["accuracy"]
-        }
+        eff = effective(st.params, st.comp_state)
+        acc = train.evaluate(net.eval_apply, eff, test, model_state=st.model_state)
+        return {"accuracy": acc["accuracy"]}
 
     batches = data.batches(ds.x_train, ds.y_train, cfg.batch_size, seed=spec.seed)
     if cfg.devices > 1:
@@ -208,27 +263,100 @@ def _train(cfg: DemoConfig, spec: Stage, apply, params, teacher, key, ds) -> Any
         progress=cfg.progress,
         description=f"{spec.name:<14}",
     )
-    return effective(state.params, state.comp_state)
+    return effective(state.params, state.comp_state), state.model_state
 
 
-def _measure(name: str, apply, effective, test, float_bytes: dict) -> tuple[dict, Any]:
-    """The table row of a stage and its packed parameters."""
-    packed = export.pack(effective)
+def pack_student(params: Any, model_state: Any = None) -> export.Packed:
+    """The packed file's content: ``params``, or ``{"params", **model_state}`` with a state."""
+    if not jax.tree.leaves(model_state or {}):
+        return export.pack(params)
+    return export.pack({"params": params, **model_state})
+
+
+def _measure(name: str, net: Net, trained, test, sizes: dict) -> tuple[dict, Any]:
+    """The table row of a stage and its packed parameters (and model state)."""
+    params, model_state = trained
+    packed = pack_student(params, model_state)
     rep = export.report(packed)
+    acc = train.evaluate(net.eval_apply, params, test, model_state=model_state)["accuracy"]
     row = {
         "stage": name,
-        "accuracy": train.evaluate(apply, effective, test)["accuracy"],
-        "sparsity": _zeros(effective),
+        "accuracy": acc,
+        "sparsity": _zeros(params),
         "bits_per_weight": rep["bits_per_weight"],
         "bytes": rep["file_bytes"],
-        "ratio_vs_teacher": float_bytes["teacher"] / rep["file_bytes"],
-        "ratio_vs_student": float_bytes["student"] / rep["file_bytes"],
+        "ratio_vs_teacher": sizes["teacher"] / rep["file_bytes"],
+        "ratio_vs_student": sizes["student"] / rep["file_bytes"],
     }
     return row, packed
 
 
+def run_stages(
+    cfg: DemoConfig,
+    nets: dict[str, Net],
+    specs: list[Stage],
+    ds: data.Digits,
+    on_stage: Callable[[dict], None] | None = None,
+) -> dict:
+    """Runs ``specs`` in order on ``nets``, measures each stage, writes and reloads the last.
+
+    A stage trains ``nets[spec.model]`` from ``spec.start`` (``"init"``: the net's own
+    variables; otherwise the effective parameters and model state a former stage left),
+    or, with ``spec.convert``, turns the former stage's ``(params, model_state)`` into
+    those of ``nets[spec.model]`` without training (e.g. BatchNorm folding).
+
+    Returns:
+      the dict `run` documents; ``"teacher"``/``"student"`` float sizes are those of
+      ``nets["teacher"]`` and ``nets["student"]``.
+    """
+    keys = jax.random.split(jax.random.key(cfg.seed), 7)
+    sizes = {k: float_bytes(nets[k]) for k in ("teacher", "student")}
+    test = (ds.x_test, ds.y_test)
+    trained, rows, packed = {}, [], None
+    for spec in specs:
+        net = nets[spec.model]
+        start = (net.params, net.model_state) if spec.start == "init" else trained[spec.start]
+        if spec.convert is not None:
+            trained[spec.name] = spec.convert(*start)
+        else:
+            t_params, t_state = trained.get("float teacher", (None, None))
+            teacher = (nets["teacher"], t_params, t_state)
+            key = keys[spec.key]
+            trained[spec.name] = _train(cfg, spec, net, start, teacher, key, ds)
+        row, packed = _measure(spec.name, net, trained[spec.name], test, sizes)
+        rows.append(row)
+        if on_stage is not None:
+            on_stage(row)
+    final_net = nets[specs[-1].model]
+    final, final_state = trained[rows[-1]["stage"]]
+    size = export.save(cfg.out, packed)
+    loaded = export.unpack(export.load(cfg.out))
+    written = final if not jax.tree.leaves(final_state) else {"params": final, **final_state}
+    same = all(
+        np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+        for a, b in zip(jax.tree.leaves(written), jax.tree.leaves(loaded), strict=True)
+    )
+    if jax.tree.leaves(final_state):
+        loaded, loaded_state = loaded["params"], {k: loaded[k] for k in final_state}
+    else:
+        loaded_state = final_state
+    acc = train.evaluate(final_net.eval_apply, loaded, test, model_state=loaded_state)
+    return {
+        "rows": rows,
+        "teacher_accuracy": rows[0]["accuracy"],
+        "student_accuracy": rows[1]["accuracy"],
+        "final_accuracy": rows[-1]["accuracy"],
+        "loaded_accuracy": acc["accuracy"],
+        "bit_exact": same,
+        "file": str(cfg.out),
+        "file_bytes": size,
+        "report": export.report(packed),
+        "config": cfg,
+    }
+
+
 def run(cfg: DemoConfig, on_stage: Callable[[dict], None] | None = None) -> dict:
-    """Trains the teacher, distills and compresses the student, writes and reloads the file.
+    """Trains the teacher MLP, distills and compresses the student, writes and reloads the file.
 
     Args:
       cfg: the configuration (checked with `check_config` first).
@@ -242,84 +370,21 @@ def run(cfg: DemoConfig, on_stage: Callable[[dict], None] | None = None) -> dict
       "config"}``.
     """
     check_config(cfg)
+    check_devices(cfg)
+    ds = data.load_digits(seed=cfg.seed)
+    keys = jax.random.split(jax.random.key(cfg.seed), 7)
+    n_in = ds.x_train.shape[1]
+    teacher = cfg.teacher or MLP_SIZES
+    nets = {}
+    for i, (name, sizes) in enumerate((("teacher", teacher), ("student", cfg.student or teacher))):
+        apply, params = models.init_mlp((*sizes, 10), n_in, keys[i])
+        nets[name] = Net(apply, apply, params)
+    return run_stages(cfg, nets, stages(cfg), ds, on_stage)
+
+
+def check_devices(cfg: DemoConfig) -> None:
+    """Raises ValueError when fewer than ``cfg.devices`` devices are available."""
     if jax.local_device_count() < cfg.devices:
         raise ValueError(
             f"--devices {cfg.devices}: only {jax.local_device_count()} device(s) available"
         )
-    ds = data.load_digits(seed=cfg.seed)
-    keys = jax.random.split(jax.random.key(cfg.seed), 7)
-    n_in = ds.x_train.shape[1]
-    nets = {
-        "teacher": models.init_mlp((*cfg.teacher, 10), n_in, keys[0]),
-        "student": models.init_mlp((*(cfg.student or cfg.teacher), 10), n_in, keys[1]),
-    }
-    float_bytes = {
-        k: 4 * sum(int(np.size(x)) for x in jax.tree.leaves(p)) for k, (_, p) in nets.items()
-    }
-    test = (ds.x_test, ds.y_test)
-    trained, rows, packed = {}, [], None
-    for spec in stages(cfg):
-        apply, init_params = nets[spec.model]
-        start = init_params if spec.start == "init" else trained[spec.start]
-        teacher = (nets["teacher"][0], trained.get("float teacher"))
-        trained[spec.name] = _train(cfg, spec, apply, start, teacher, keys[spec.key], ds)
-        row, packed = _measure(spec.name, apply, trained[spec.name], test, float_bytes)
-        rows.append(row)
-        if on_stage is not None:
-            on_stage(row)
-    final = trained[rows[-1]["stage"]]
-    size = export.save(cfg.out, packed)
-    loaded = export.unpack(export.load(cfg.out))
-    same = all(
-        np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
-        for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(loaded), strict=True)
-    )
-    return {
-        "rows": rows,
-        "teacher_accuracy": rows[0]["accuracy"],
-        "student_accuracy": rows[1]["accuracy"],
-        "final_accuracy": rows[-1]["accuracy"],
-        "loaded_accuracy": train.evaluate(nets["student"][0], loaded, test)["accuracy"],
-        "bit_exact": same,
-        "file": str(cfg.out),
-        "file_bytes": size,
-        "report": export.report(packed),
-        "config": cfg,
-    }
-
-
-def result_table(result: dict, title: str = "lightcomp demo: digits MLP"):
-    """The per-stage table of a `run` result, as a ``rich.table.Table``."""
-    from rich.table import Table
-
-    t = Table(title=title)
-    cols = ("stage", "test acc", "sparsity", "bits/weight", "packed bytes", "x vs float teacher",
-            "x vs float student")  # fmt: skip
-    for c in cols:
-        t.add_column(c, justify="left" if c == "stage" else "right")
-    for r in result["rows"]:
-        t.add_row(
-            r["stage"],
-            f"{100 * r['accuracy']:.2f}%",
-            f"{100 * r['sparsity']:.1f}%",
-            f"{r['bits_per_weight']:.3f}",
-            f"{r['bytes']:,}",
-            f"{r['ratio_vs_teacher']:.1f}",
-            f"{r['ratio_vs_student']:.1f}",
-        )
-    return t
-
-
-def markdown_table(result: dict) -> str:
-    """The same table in Markdown (for READMEs and benchmark logs)."""
-    lines = [
-        "| stage | test acc | sparsity | bits/weight | packed bytes | x vs float teacher | x vs float student |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['stage']} | {100 * r['accuracy']:.2f}% | {100 * r['sparsity']:.1f}% | "
-            f"{r['bits_per_weight']:.3f} | {r['bytes']:,} | {r['ratio_vs_teacher']:.1f} | "
-            f"{r['ratio_vs_student']:.1f} |"
-        )
-    return "\n".join(lines)

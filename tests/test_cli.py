@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from lightcomp import cli, demo, export, models, train
+from lightcomp import cli, data, demo, demo_cnn, export, models, train
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,6 @@ def test_demo_loaded_model_matches_in_memory_one(small_run):
     # re-evaluate the file independently of the demo
     apply, _ = models.init_mlp((*cfg.teacher, 10), 64, jax.random.key(0))
     loaded = export.unpack(export.load(cfg.out))
-    from lightcomp import data
-
     ds = data.load_digits(seed=cfg.seed)
     acc = train.evaluate(apply, loaded, (ds.x_test, ds.y_test))["accuracy"]
     assert acc == result["final_accuracy"]
@@ -84,6 +82,7 @@ def _run(argv, capsys):
         (["inspect", "/"], "is a directory"),
         (["inspect", "/no/such/file.lcpk"], "No such file"),
         (["frobnicate"], "invalid choice"),
+        (["demo", "--model", "resnet"], "invalid choice: 'resnet'"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(argv, message, capsys):
@@ -111,8 +110,10 @@ def test_unwritable_out(tmp_path, capsys):
 def test_help_explains_every_option(capsys):
     code, out, _ = _run(["demo", "--help"], capsys)
     assert code == 0
-    for opt in ("--sparsity", "--bits", "--clusters", "--steps", "--seed", "--out", "--devices"):
+    for opt in ("--model", "--sparsity", "--bits", "--clusters", "--steps", "--seed", "--out",
+                "--devices"):  # fmt: skip
         assert opt in out
+    assert "{mlp,cnn" in out
     code, out, _ = _run([], capsys)
     assert code == 0 and "demo" in out
 
@@ -125,3 +126,17 @@ def test_inspect_prints_report_and_rejects_bad_file(small_run, tmp_path, capsys)
     bad.write_bytes(b"hello")
     code, _, err = _run(["inspect", str(bad)], capsys)
     assert code == 2 and "not a lightcomp" in err
+
+
+def test_cli_dispatches_on_model(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake_run(cfg, on_stage=None):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(demo_cnn, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--model", "cnn", "--steps", "2"])
+    assert seen["cfg"].out == "digits_cnn.lcpk" and seen["cfg"].steps == 2

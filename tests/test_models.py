@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lightcomp import models, train, tree
+from lightcomp import models, prune, train, tree
 
 
 def test_mlp_matches_numpy_forward():
@@ -69,3 +69,18 @@ def test_cnn_with_batchnorm_carries_statistics_and_reads_them_in_eval_mode():
     apply = train.linen_apply(bn, train=True)
     _, new = apply.run(variables["params"], {"batch_stats": variables["batch_stats"]}, x)
     assert not np.allclose(new["batch_stats"]["BatchNorm_0"]["mean"], 0.0)
+
+
+def test_digits_cnn_folds_into_its_plain_twin():
+    module, params, state = models.init_cnn((4, 8), jax.random.key(0))
+    assert sorted(params) == ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1", "Dense_0"]
+    assert params["Dense_0"]["kernel"].shape == (4 * 4 * 8, 10)  # flattened after one pool
+    assert sorted(state) == ["batch_stats"]
+    x = jnp.asarray(np.random.default_rng(2).uniform(size=(3, 8, 8, 1)), jnp.float32)
+    want = module.apply({"params": params, **state}, x)
+    pairs = {"Conv_0": "BatchNorm_0", "Conv_1": "BatchNorm_1"}
+    folded, _ = prune.fold_batchnorm(params, state["batch_stats"], pairs, keep_norm=False)
+    plain, plain_params, plain_state = models.init_cnn((4, 8), jax.random.key(1), batch_norm=False)
+    chex.assert_trees_all_equal_shapes(folded, plain_params)
+    assert plain_state == {}
+    np.testing.assert_allclose(plain.apply({"params": folded}, x), want, rtol=1e-5, atol=1e-5)

@@ -23,12 +23,14 @@ Conventions:
 """
 
 from lightcomp.prune._distributions import erk
+from lightcomp.prune._fold import fold_batchnorm
 from lightcomp.prune._granularity import NM, Block, Channel, Element, Granularity, as_granularity
 from lightcomp.prune._input_norms import input_norms
 from lightcomp.prune._masks import apply_masks, masks
 from lightcomp.prune._one_shot import one_shot_prune
 from lightcomp.prune._optax import keep_pruned, land_pruned, reset_moments, zero_pruned
 from lightcomp.prune._penalties import group_lasso_penalty, l1_penalty
+from lightcomp.prune._rebuild import smaller_module
 from lightcomp.prune._report import sparsity_report, sparsity_table
 from lightcomp.prune._rigl import prune_and_regrow
 from lightcomp.prune._schedules import (
@@ -74,6 +76,7 @@ __all__ = [
     "cosine_fraction",
     "erk",
     "fisher",
+    "fold_batchnorm",
     "gradient",
     "group_lasso_penalty",
     "input_norms",
@@ -94,6 +97,7 @@ __all__ = [
     "random_scores",
     "reset_moments",
     "shrink",
+    "smaller_module",
     "sparsity_report",
     "sparsity_table",
     "sq_grads_init",
