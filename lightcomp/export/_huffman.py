@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from lightcomp.export._bits import write_codes
+
 MAX_CODE_LEN = 20
 
 
@@ -97,17 +99,10 @@ def huffman_encode(sym: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
       lengths: the code lengths from `huffman_lengths`.
 
     Returns:
-      ``(bytes, nbits)``: the bit string, zero-padded to whole bytes, and its length.
+      ``(bytes, nbits)``: the bit string, zero-padded to whole bytes, and its length
+      (`lightcomp.export._bits.write_codes`).
     """
-    codes = canonical_codes(lengths)
-    ln, cd = lengths[sym], codes[sym]
-    total = int(ln.sum())
-    starts = np.cumsum(ln) - ln
-    bits = np.zeros(total, np.uint8)
-    for j in range(int(ln.max())):
-        m = ln > j
-        bits[starts[m] + j] = (cd[m] >> (ln[m] - 1 - j)) & 1
-    return np.packbits(bits).tobytes(), total
+    return write_codes(sym, canonical_codes(lengths), lengths)
 
 
 def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.ndarray:
