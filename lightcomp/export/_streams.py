@@ -32,7 +32,7 @@ from lightcomp.export._huffman import huffman_decode, huffman_encode, huffman_le
 
 Candidate = tuple[dict, list[bytes]]  # (spec, blobs)
 CODECS = ("zlib", "lzma")
-EXHAUSTIVE_MAX = 1 << 16  # streams (and leaves) up to this many values try every coder
+EXHAUSTIVE_MAX = 1 << 12  # streams (and leaves) up to this many values try every coder
 SAMPLE = 1 << 16  # symbols (or bytes) whose zlib ratio estimates a long stream's
 ZLIB_PIECE = 1 << 22  # bytes per piece of a long zlib stream, deflated on its own thread
 _WINDOW = 1 << 15  # deflate's window: each piece is primed with the bytes before it
