@@ -170,6 +170,8 @@ def find_grid(v: np.ndarray, gid: np.ndarray, ngroups: int) -> tuple[np.ndarray,
       ``(n, scale)``: int64 ``[m]`` and float32 ``[ngroups]``; None when some group is
       not on a grid (or holds NaN or inf).
     """
+    if ngroups > 2 * _PROBE and v.size > _SCREEN and not _probe_groups(v, gid, ngroups):
+        return None
     v64 = v.astype(np.float64)
     a = np.abs(v64)
     a_lo, a_hi = _rounding_interval(a, v.dtype)
@@ -201,6 +203,24 @@ def find_grid(v: np.ndarray, gid: np.ndarray, ngroups: int) -> tuple[np.ndarray,
                     break
                 _take_exact(v, n, s, gid, good, n_out, scale, done)
     return (n_out, scale) if done.all() else None
+
+
+_PROBE = 32  # groups whose whole values are searched first, when there are many groups
+
+
+def _probe_groups(v: np.ndarray, gid: np.ndarray, ngroups: int) -> bool:
+    """Whether `_PROBE` groups spread over all, taken whole, are each on a grid.
+
+    Every group is searched on its own values alone (its estimates, residuals and
+    scales are its own), so a probe group off the grid means the leaf has no grid at
+    this granularity: a refusal at the cost of one pass, instead of the full search.
+    """
+    pick = np.unique(np.linspace(0, ngroups - 1, _PROBE).astype(np.int64))
+    where = np.full(ngroups, -1, np.int64)
+    where[pick] = np.arange(pick.size)
+    sub = where[gid]
+    keep = sub >= 0
+    return find_grid(v[keep], sub[keep], pick.size) is not None
 
 
 def _rounding_interval(a: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
