@@ -11,9 +11,10 @@ the one that compiles):
   (k = 16), the chain's jitted ``init``;
 - ``export.pack`` of the effective parameters, ``unpack``, ``save`` and ``load``, with the
   packed size in bits per weight;
-- peak resident memory of each op above what the process held before it (Linux
-  ``VmHWM`` after resetting it through ``/proc/self/clear_refs``), as a multiple of the
-  parameters' float32 bytes.
+- peak memory of each op above what the process held before it, as a multiple of the
+  parameters' float32 bytes: traced by ``tracemalloc`` for the host ops (pack, unpack,
+  save, load: NumPy buffers and bytes), the rise of Linux ``VmHWM`` (reset through
+  ``/proc/self/clear_refs``) for the JAX ops.
 
 Then the ``make_step`` compile time (trace + XLA compile) against the number of layers, for
 an MLP written as a Python loop of Dense layers and for the same MLP as ``nn.scan``.
@@ -37,6 +38,7 @@ import os
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import jax
@@ -62,8 +64,17 @@ def _status(field: str) -> int:
     return 0
 
 
-def measure(fn, *args):
-    """``(result, wall s, cpu s, peak bytes above the memory held before)``."""
+def measure(fn, *args, host: bool = False):
+    """``(result, wall s, cpu s, peak bytes above the memory held before)``.
+
+    ``host``: a NumPy / bytes op (pack, unpack, save, load), whose peak is traced by
+    ``tracemalloc`` (NumPy reports its buffers to it): exact, and blind to memory freed
+    before and reused. Otherwise (JAX ops, whose buffers tracemalloc does not see) the rise
+    of the resident set's high-water mark, a lower bound when freed memory is reused.
+    """
+    if host:
+        tracemalloc.start()
+        start = tracemalloc.get_traced_memory()[0]
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS
     except OSError:
@@ -72,6 +83,10 @@ def measure(fn, *args):
     t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn(*args))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if host:
+        peak = tracemalloc.get_traced_memory()[1] - start
+        tracemalloc.stop()
+        return out, wall, cpu, peak
     return out, wall, cpu, max(0, _status("VmHWM") - before)
 
 
@@ -109,10 +124,10 @@ def one_size(n_weights: int, width: int, tmp: Path) -> dict:
     scores = lc.prune.magnitude(params)
     rows = {}
 
-    def row(name, fn, *args, compiled=False):
+    def row(name, fn, *args, compiled=False, host=False):
         if compiled:  # a jitted op: compile (and run) once first, then measure a run
             jax.block_until_ready(fn(*args))
-        out, wall, cpu, peak = measure(fn, *args)
+        out, wall, cpu, peak = measure(fn, *args, host=host)
         rows[name] = {"wall": wall, "cpu": cpu, "peak": peak / fbytes}
         return out
 
@@ -124,11 +139,11 @@ def one_size(n_weights: int, width: int, tmp: Path) -> dict:
     state = row("chain init", jax.jit(t.init), params, jax.random.key(0), compiled=True)
     effective = jax.tree.map(np.asarray, jax.jit(t.apply)(params, state))
     del params, state, scores
-    packed = row("pack", lc.export.pack, effective)
-    row("unpack", lc.export.unpack, packed)
+    packed = row("pack", lc.export.pack, effective, host=True)
+    row("unpack", lc.export.unpack, packed, host=True)
     path = tmp / "scale.lcpk"
-    row("save", lc.export.save, path, packed)
-    row("load", lc.export.load, path)
+    row("save", lc.export.save, path, packed, host=True)
+    row("load", lc.export.load, path, host=True)
     path.unlink()
     return {"weights": n, "bits/weight": 8 * packed.nbytes / n, "rows": rows}
 
