@@ -11,7 +11,9 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     """Packs ``values`` (non-negative ints < ``2**width``) as ``width``-bit fields.
 
     The fields are concatenated most significant bit first and the last byte is
-    padded with zero bits, so ``n`` values take ``ceil(n * width / 8)`` bytes.
+    padded with zero bits, so ``n`` values take ``ceil(n * width / 8)`` bytes. Widths
+    1, 2, 4, 8, 16 and 32 are byte-aligned NumPy casts; the others go through
+    `write_codes`, in chunks (no Python loop over the values).
 
     Args:
       values: integers ``[n]`` (any shape; flattened), each in ``[0, 2**width)``.
@@ -22,9 +24,67 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     """
     if width == 0 or values.size == 0:
         return b""
-    v = values.astype(np.uint32).reshape(-1, 1)
-    bits = (v >> np.arange(width - 1, -1, -1, dtype=np.uint32)) & 1
-    return np.packbits(bits.astype(np.uint8).ravel()).tobytes()
+    v = values.reshape(-1)
+    if width in (8, 16, 32):
+        return v.astype(f">u{width // 8}").tobytes()
+    if width == 1:
+        return np.packbits(v.astype(np.uint8)).tobytes()
+    if width in (2, 4):
+        per = 8 // width
+        u = np.zeros(-(-v.size // per) * per, np.uint8)
+        u[: v.size] = v
+        u = u.reshape(-1, per)
+        out = u[:, 0] << (8 - width)
+        for j in range(1, per):  # 2 or 4 fields per byte
+            out |= u[:, j] << (8 - width * (j + 1))
+        return out.tobytes()
+    return write_codes(v, None, width)[0]
+
+
+_CHUNK = 1 << 20  # symbols per chunk of `write_codes`: bounded work space
+
+
+def write_codes(sym: np.ndarray, codes: np.ndarray | None, lengths) -> tuple[bytes, int]:
+    """Concatenates one code word per symbol, most significant bit first.
+
+    The bit string is built in 64-bit words: a code of at most 32 bits lies in one word
+    or straddles two; codes in one word have disjoint bits, so their sum is their union
+    (``np.add.reduceat``), and at most one code spills into each next word. Symbols go
+    in chunks of 2**20, so the work space is about 64 bytes per symbol of a chunk.
+
+    Args:
+      sym: symbols ``[n]`` (non-negative ints).
+      codes: the code of each symbol value (``codes[sym]``), or None: the code is the
+        symbol itself.
+      lengths: the code length of each symbol value (an array indexed by ``sym``, each
+        1..32), or one int for every symbol.
+
+    Returns:
+      ``(bytes, nbits)``: the bit string, zero-padded to whole bytes, and its length.
+    """
+    n = sym.size
+    const = isinstance(lengths, (int, np.integer))
+    total = n * int(lengths) if const else int(lengths[sym].sum(dtype=np.int64)) if n else 0
+    words = np.zeros(-(-total // 64) + 1, np.uint64)
+    base = 0
+    for lo in range(0, n, _CHUNK):
+        s = sym[lo : lo + _CHUNK]
+        ln = np.full(s.size, int(lengths), np.int64) if const else lengths[s].astype(np.int64)
+        c = (s if codes is None else codes[s]).astype(np.uint64)
+        start = np.cumsum(ln)
+        start -= ln
+        start += base
+        base = int(start[-1] + ln[-1])
+        word = start >> 6
+        shift = 64 - (start & 63) - ln  # >= 0: the code fits in its word
+        fits = shift >= 0
+        head = np.where(fits, c << np.maximum(shift, 0).astype(np.uint64),
+                        c >> np.maximum(-shift, 0).astype(np.uint64))  # fmt: skip
+        firsts = np.flatnonzero(np.diff(word, prepend=-1))
+        words[word[firsts]] += np.add.reduceat(head, firsts)
+        spill = np.flatnonzero(~fits)
+        words[word[spill] + 1] += c[spill] << (64 + shift[spill]).astype(np.uint64)
+    return words.astype(">u8").tobytes()[: -(-total // 8)], total
 
 
 def unpack_bits(data: bytes, width: int, n: int) -> np.ndarray:

@@ -31,6 +31,8 @@ from lightcomp.export._format import (
 from lightcomp.export._manifest import check_manifest
 from lightcomp.export._pack import Packed
 
+_BLOCK = 1 << 24  # bytes hashed and written at a time
+
 
 def _check_path(path: object) -> Path:
     return Path(check_path(path, "path"))
@@ -38,6 +40,9 @@ def _check_path(path: object) -> Path:
 
 def save(path: str | os.PathLike, packed: Packed) -> int:
     """Writes ``packed`` to one file, atomically (temporary file + ``os.replace``).
+
+    The payload is hashed and written in blocks of 16 MiB straight from ``packed``: no
+    second copy of it is made.
 
     Args:
       path: the file to write (replaced if it exists).
@@ -56,23 +61,27 @@ def save(path: str | os.PathLike, packed: Packed) -> int:
             f"save: packed must be a lightcomp.export.Packed, got {type(packed).__name__}"
         )
     manifest, flags = manifest_bytes(packed.manifest, len(packed.payload))
-    body = manifest + packed.payload
-    digest = hashlib.sha256(body).digest()
+    h = hashlib.sha256(manifest)
+    payload = memoryview(packed.payload)
+    for lo in range(0, len(payload), _BLOCK):
+        h.update(payload[lo : lo + _BLOCK])
     header = HEADER.pack(
-        MAGIC, FORMAT_VERSION, flags, 0, len(manifest), len(packed.payload), digest
+        MAGIC, FORMAT_VERSION, flags, 0, len(manifest), len(packed.payload), h.digest()
     )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(header)
-            f.write(body)
+            f.write(manifest)
+            for lo in range(0, len(payload), _BLOCK):  # streamed: no copy of the payload
+                f.write(payload[lo : lo + _BLOCK])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return len(header) + len(body)
+    return len(header) + len(manifest) + len(payload)
 
 
 def load(path: str | os.PathLike) -> Packed:

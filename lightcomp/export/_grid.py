@@ -133,8 +133,37 @@ def segment(fn: np.ufunc, init: float, values: np.ndarray, ids: np.ndarray, k: i
     """float64 ``[k]``: ``fn`` (``np.maximum``, ``np.minimum``) over ``values`` grouped by ``ids``."""
     out = np.full(k, init, np.float64)
     with np.errstate(invalid="ignore"):  # NaN leaves: no grid, rejected by the caller
-        fn.at(out, ids, values)
+        if k == 1:  # one group: a plain reduction, much faster than ``ufunc.at``
+            out[0] = fn.reduce(values, initial=init)
+        else:
+            fn.at(out, ids, values)
     return out
+
+
+_SCREEN = 1 << 14  # values of the sample an estimate is screened on before the full check
+
+
+def _screen(v64, gid, ngroups, tol):
+    """``rejects(est, open)``: True when no open group of a sample is within ``tol`` of a grid.
+
+    The sample (every ``m // _SCREEN``-th value) decides only when it holds every open
+    group: a group's residual on a subset is at most its residual on all of it, so a
+    rejection by the sample is one the full check would make (the screen never loses a
+    grid).
+    """
+    step = max(1, v64.size // _SCREEN)
+    sv, sg = v64[::step], gid[::step]
+    covered = np.bincount(sg, minlength=ngroups) > 0
+
+    def rejects(est, open_):
+        if step == 1 or not covered[open_].all():
+            return False
+        with np.errstate(all="ignore"):
+            q = sv / est[sg]
+            resid = segment(np.maximum, 0.0, np.abs(q - np.rint(q)), sg, ngroups)
+        return not np.any((resid < tol) & open_)
+
+    return rejects
 
 
 def find_grid(v: np.ndarray, gid: np.ndarray, ngroups: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -156,6 +185,8 @@ def find_grid(v: np.ndarray, gid: np.ndarray, ngroups: int) -> tuple[np.ndarray,
       ``(n, scale)``: int64 ``[m]`` and float32 ``[ngroups]``; None when some group is
       not on a grid (or holds NaN or inf).
     """
+    if ngroups > 2 * _PROBE and v.size > _SCREEN and not _probe_groups(v, gid, ngroups):
+        return None
     v64 = v.astype(np.float64)
     a = np.abs(v64)
     a_lo, a_hi = _rounding_interval(a, v.dtype)
@@ -165,10 +196,13 @@ def find_grid(v: np.ndarray, gid: np.ndarray, ngroups: int) -> tuple[np.ndarray,
     n_out = np.zeros(v.shape, np.int64)
     scale = np.ones(ngroups, np.float32)
     done = amax == 0  # all-zero groups: n = 0 with any scale
+    rejects = _screen(v64, gid, ngroups, tol)
     for est in _step_estimates(v64, a, amax, gid, ngroups):
         if done.all():
             break
         est = np.where(np.isfinite(est) & (est > 0), est, 1.0)
+        if rejects(est, ~done):
+            continue
         with np.errstate(all="ignore"):
             n = np.rint(v64 / est[gid])
         if not np.all(np.isfinite(n)) or np.abs(n).max(initial=0) > 2**16:
@@ -186,6 +220,24 @@ def find_grid(v: np.ndarray, gid: np.ndarray, ngroups: int) -> tuple[np.ndarray,
     return (n_out, scale) if done.all() else None
 
 
+_PROBE = 32  # groups whose whole values are searched first, when there are many groups
+
+
+def _probe_groups(v: np.ndarray, gid: np.ndarray, ngroups: int) -> bool:
+    """Whether `_PROBE` groups spread over all, taken whole, are each on a grid.
+
+    Every group is searched on its own values alone (its estimates, residuals and
+    scales are its own), so a probe group off the grid means the leaf has no grid at
+    this granularity: a refusal at the cost of one pass, instead of the full search.
+    """
+    pick = np.unique(np.linspace(0, ngroups - 1, _PROBE).astype(np.int64))
+    where = np.full(ngroups, -1, np.int64)
+    where[pick] = np.arange(pick.size)
+    sub = where[gid]
+    keep = sub >= 0
+    return find_grid(v[keep], sub[keep], pick.size) is not None
+
+
 def _rounding_interval(a: np.ndarray, dt: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """The float64 magnitudes that round to each ``|v|`` = ``a`` in ``dt`` (ties: verified)."""
     fi = ml_dtypes.finfo(dt)
@@ -199,8 +251,7 @@ def _step_estimates(v64, a, amax, gid, ngroups) -> Iterator[np.ndarray]:
     """Candidate grid steps [ngroups]: the smallest gap, then min-max for 2..16 bits."""
     vmax = segment(np.maximum, 0.0, v64, gid, ngroups)
     vmin = segment(np.minimum, 0.0, v64, gid, ngroups)
-    order = np.lexsort((a, gid))
-    sa, sg = a[order], gid[order]
+    sa, sg = _sorted_by_group(a, gid)
     with np.errstate(invalid="ignore"):
         d = np.diff(sa)
     ok = (np.diff(sg) == 0) & (d > 0)
@@ -210,6 +261,18 @@ def _step_estimates(v64, a, amax, gid, ngroups) -> Iterator[np.ndarray]:
     for b in range(2, 17):
         yield amax / (2 ** (b - 1) - 1)
         yield (np.maximum(vmax, 0) - np.minimum(vmin, 0)) / (2**b - 1)
+
+
+def _sorted_by_group(a: np.ndarray, gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The magnitudes ``a`` sorted by (group, magnitude), and their groups.
+
+    ``a`` holds magnitudes of float32 / bfloat16 / float16 values, exact in float32,
+    whose bits sort as the values do: one sort of ``group << 31 | bits`` (uint64).
+    """
+    bits = a.astype(np.float32).view(np.uint32).astype(np.uint64)
+    key = np.sort((gid.astype(np.uint64) << np.uint64(31)) | bits)
+    low = (key & np.uint64(0x7FFFFFFF)).astype(np.uint32)
+    return low.view(np.float32).astype(np.float64), (key >> np.uint64(31)).astype(np.int64)
 
 
 def _scale_interval(v64, a_lo, a_hi, n, gid, ngroups):

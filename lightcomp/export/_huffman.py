@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from lightcomp.export._bits import write_codes
+
 MAX_CODE_LEN = 20
 
 
@@ -97,17 +99,10 @@ def huffman_encode(sym: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
       lengths: the code lengths from `huffman_lengths`.
 
     Returns:
-      ``(bytes, nbits)``: the bit string, zero-padded to whole bytes, and its length.
+      ``(bytes, nbits)``: the bit string, zero-padded to whole bytes, and its length
+      (`lightcomp.export._bits.write_codes`).
     """
-    codes = canonical_codes(lengths)
-    ln, cd = lengths[sym], codes[sym]
-    total = int(ln.sum())
-    starts = np.cumsum(ln) - ln
-    bits = np.zeros(total, np.uint8)
-    for j in range(int(ln.max())):
-        m = ln > j
-        bits[starts[m] + j] = (cd[m] >> (ln[m] - 1 - j)) & 1
-    return np.packbits(bits).tobytes(), total
+    return write_codes(sym, canonical_codes(lengths), lengths)
 
 
 def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.ndarray:
@@ -117,7 +112,8 @@ def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.n
     symbol and code length starting there; the chain of code starts from bit 0 is then
     followed by pointer doubling. The declared sizes are checked before anything is
     allocated (every code word takes at least one bit, so ``n <= nbits``); the work
-    space is about 14 bytes per bit of the stream.
+    space is about 14 bytes per bit of the stream. Long streams follow the chain in
+    synchronized chunks (`_chunked_chain`), an exact shortcut of the doubling.
 
     Args:
       data: the stream's bytes.
@@ -145,25 +141,84 @@ def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.n
         return np.zeros(0, np.int64)
     itype = np.int32 if 2 * nbits + 2 < 2**31 else np.int64
     width, tab_sym, tab_len = _lookup_tables(lengths, nbits, itype)
-    bits = np.concatenate(
-        [np.unpackbits(np.frombuffer(data, np.uint8), count=nbits), np.zeros(width, np.uint8)]
-    )
-    window = np.zeros(nbits, np.int32)  # the `width` bits from each position (width <= 20)
-    for j in range(width):
-        window <<= 1
-        window |= bits[j : j + nbits]
-    del bits
+    window = _windows(data, nbits, width)
     jump = np.arange(nbits, dtype=itype)
     jump += tab_len[window]
     jump = np.append(np.minimum(jump, nbits, out=jump), itype(nbits))
-    pos = np.zeros(1, itype)
-    while len(pos) < n:
-        pos = np.concatenate([pos, jump[pos]])
-        jump = jump[jump]
-    pos = pos[:n]
-    if pos.max() >= nbits or int(tab_len[window[pos]].sum(dtype=np.int64)) != nbits:
+    pos = _chunked_chain(jump, nbits, n) if nbits >= _CHUNKED_MIN else None
+    if pos is None:
+        pos = _doubled_chain(jump, n)
+    if pos.size != n or pos.max() >= nbits:
+        raise ValueError("corrupted Huffman stream")
+    if int(tab_len[window[pos]].sum(dtype=np.int64)) != nbits:
         raise ValueError("corrupted Huffman stream")
     return tab_sym[window[pos]]
+
+
+def _windows(data: bytes, nbits: int, width: int) -> np.ndarray:
+    """int32 ``[nbits]``: the ``width`` (<= 20) bits from each bit position, zero-padded."""
+    b = np.zeros(len(data) + 4, np.uint32)
+    b[: len(data)] = np.frombuffer(data, np.uint8)
+    word = (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]  # 32 bits from each byte
+    p = np.arange(nbits, dtype=np.uint32)
+    out = word[p >> 3]
+    out <<= p & 7
+    out >>= 32 - width
+    return out.view(np.int32)
+
+
+_CHUNKED_MIN = 1 << 16  # bits from which the chain of code starts is followed in chunks
+
+
+def _doubled_chain(jump: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` positions of the chain from bit 0 by pointer doubling (any stream)."""
+    pos = np.zeros(1, jump.dtype)
+    while len(pos) < n:
+        pos = np.concatenate([pos, jump[pos]])
+        if len(pos) < n:
+            jump = jump[jump]
+    return pos[:n]
+
+
+def _chunked_chain(jump: np.ndarray, nbits: int, n: int) -> np.ndarray | None:
+    """Every code start of the chain from bit 0, or None when a chunk does not synchronize.
+
+    The stream is cut into chunks of equal bits, and the chains from every chunk's first
+    bit are followed in lockstep (one gather per step for all chunks) until each leaves
+    its chunk. The true chain enters chunk ``i`` where chunk ``i - 1``'s chain leaves it;
+    from there it is followed (again all chunks at once) until it meets chunk ``i``'s own
+    chain (a Huffman code re-synchronizes within a few code words), which it then is.
+    Exact: a true chain that leaves its chunk before meeting gives None (the caller
+    then doubles).
+    """
+    chunks = max(1024, 8 * math.isqrt(n))
+    size = max(512, -(-nbits // chunks))
+    start = np.arange(0, nbits, size, dtype=jump.dtype)
+    end = np.minimum(start + size, nbits).astype(jump.dtype)
+    visited, exits = _lockstep(jump, start, lambda cur: cur < end)
+    inside = visited < end[:, None]
+    on_own = np.zeros(nbits + 1, bool)
+    on_own[visited[inside]] = True
+    entry = np.concatenate([[0], exits[:-1]]).astype(jump.dtype)
+    before, meet = _lockstep(jump, entry, lambda cur: ~on_own[cur] & (cur < end))
+    if (meet >= end).any():
+        return None
+    keep = np.concatenate([before < meet[:, None], (visited >= meet[:, None]) & inside], axis=1)
+    return np.concatenate([before, visited], axis=1)[keep]
+
+
+def _lockstep(jump: np.ndarray, cur: np.ndarray, going) -> tuple[np.ndarray, np.ndarray]:
+    """Chains from ``cur`` [c] while ``going(cur)``: ``([c, steps] positions, [c] last)``.
+
+    A chain that stopped repeats its last position in the later columns.
+    """
+    steps = [cur]
+    live = going(cur)
+    while live.any():
+        cur = np.where(live, jump[cur], cur)
+        steps.append(cur)
+        live = going(cur)
+    return np.stack(steps[:-1] or [cur], axis=1), cur
 
 
 def _lookup_tables(lengths: np.ndarray, nbits: int, itype=np.int64):

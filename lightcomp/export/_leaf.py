@@ -5,7 +5,9 @@ A leaf is stored as up to three independent parts: the positions of its non-zero
 non-zeros; `lightcomp.export._values`), and the positions of its negative zeros (they
 differ from ``+0`` in one bit). Every combination of candidates is ranked by its
 bytes plus a quarter of its JSON spec's length, and the first that decodes back bit
-for bit is chosen: a leaf always round-trips, because raw values are exact.
+for bit is chosen: a leaf always round-trips, because raw values are exact. A leaf of
+more than `EXHAUSTIVE_MAX` values is stored sparse (positions, then the non-zeros) when
+at most half of it is non-zero, and dense otherwise, without coding the other layout.
 
 The spec: ``{"pos": positions spec or None, "val": values spec, "negz": positions spec
 or None}``; part indices in it (``p``, ``sp``, ``bp``) count from the leaf's first part.
@@ -21,6 +23,7 @@ import numpy as np
 
 from lightcomp.export._format import bits_of, is_float, same_bits
 from lightcomp.export._positions import decode_positions, encode_positions
+from lightcomp.export._streams import EXHAUSTIVE_MAX
 from lightcomp.export._values import decode_values, value_candidates
 
 
@@ -59,8 +62,11 @@ def encode_leaf(x: np.ndarray, entropy: bool) -> tuple[dict, list[bytes]]:
         nonzero = np.flatnonzero(bits_of(flat) != 0)
     else:
         nonzero = np.flatnonzero(flat)
-    layouts = [(None, [], np.arange(size))]
-    if 0 < nonzero.size < size or (size and nonzero.size == 0):
+    sparse = 0 < nonzero.size < size or (size and nonzero.size == 0)
+    layouts = []
+    if not sparse or size <= EXHAUSTIVE_MAX or 2 * nonzero.size > size:
+        layouts.append((None, [], np.arange(size)))
+    if sparse and (size <= EXHAUSTIVE_MAX or 2 * nonzero.size <= size):
         pos_parts: list[bytes] = []
         layouts.append((encode_positions(nonzero, size, pos_parts, entropy), pos_parts, nonzero))
     cands = []

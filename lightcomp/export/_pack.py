@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -151,9 +153,9 @@ def pack(
         raise TypeError("pack: params contain a leaf type whose structure cannot be recorded")
     leaves_meta, payload = [], []
     offset = 0
-    for path, leaf in path_leaves:
-        x = np.asarray(jax.device_get(leaf))
-        enc, parts = encode_leaf(x, entropy)
+    for (path, leaf), (x, enc, parts) in zip(
+        path_leaves, _encoded(path_leaves, entropy), strict=True
+    ):
         spans = []
         for blob in parts:
             spans.append([offset, len(blob)])
@@ -171,6 +173,32 @@ def pack(
             }
         )
     return Packed({"structure": structure, "leaves": leaves_meta}, b"".join(payload))
+
+
+def _encode_one(leaf: Any, entropy: bool) -> tuple[np.ndarray, dict, list[bytes]]:
+    x = np.asarray(jax.device_get(leaf))
+    enc, parts = encode_leaf(x, entropy)
+    return x, enc, parts
+
+
+def _encoded(path_leaves: list, entropy: bool):
+    """``(array, spec, parts)`` per leaf, in order, two leaves at a time on threads.
+
+    NumPy and zlib release the GIL in most of the work, so two cores pack about twice as
+    fast; at most ``2 * workers`` leaves are in flight, which bounds the extra memory.
+    """
+    workers = min(2, os.cpu_count() or 1)
+    if workers == 1 or len(path_leaves) < 2:
+        yield from (_encode_one(leaf, entropy) for _, leaf in path_leaves)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = []
+        for _, leaf in path_leaves:
+            pending.append(pool.submit(_encode_one, leaf, entropy))
+            if len(pending) > workers:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
 
 
 def unpack(packed: Packed, like: Any = None) -> Any:

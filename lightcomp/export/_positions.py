@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightcomp.export._streams import decode_ints, int_candidates, smallest
+from lightcomp.export._streams import (
+    EXHAUSTIVE_MAX,
+    decode_ints,
+    encode_plan,
+    int_candidates,
+    plan_ints,
+    smallest,
+)
 
 
 def relative_symbols(idx: np.ndarray) -> tuple[int, np.ndarray]:
@@ -47,9 +54,13 @@ def encode_positions(idx: np.ndarray, n: int, parts: list[bytes], entropy: bool)
 
     Returns:
       ``{"pos": "mask", "s": ints}`` or ``{"pos": "rel", "b": b, "m": m, "s": ints}``.
+      Up to `EXHAUSTIVE_MAX` positions every coding of both forms is tried; beyond,
+      each form's coder is planned (`plan_ints`) and only the smaller form is coded.
     """
-    mask = np.zeros(n, np.int64)
+    mask = np.zeros(n, np.uint8)
     mask[idx] = 1
+    if n > EXHAUSTIVE_MAX:
+        return _planned(idx, mask, parts, entropy)
     cands = []
     for spec, blobs in int_candidates(mask, parts, entropy):
         cands.append(({"pos": "mask", "s": spec}, blobs))
@@ -58,6 +69,19 @@ def encode_positions(idx: np.ndarray, n: int, parts: list[bytes], entropy: bool)
         for spec, blobs in int_candidates(sym, parts, entropy):
             cands.append(({"pos": "rel", "b": b, "m": int(idx.size), "s": spec}, blobs))
     return smallest(cands, parts)
+
+
+def _planned(idx: np.ndarray, mask: np.ndarray, parts: list[bytes], entropy: bool) -> dict:
+    """`encode_positions` of a long leaf: the form with the fewer planned bytes, coded once."""
+    freq = np.array([mask.size - idx.size, idx.size])
+    mask_plan = plan_ints(mask, entropy, freq=freq if idx.size else freq[:1])
+    if idx.size:
+        b, sym = relative_symbols(idx)
+        rel_plan = plan_ints(sym, entropy)
+        if rel_plan.nbytes < mask_plan.nbytes:
+            spec = encode_plan(sym, rel_plan, parts)
+            return {"pos": "rel", "b": b, "m": int(idx.size), "s": spec}
+    return {"pos": "mask", "s": encode_plan(mask, mask_plan, parts)}
 
 
 def decode_positions(spec: dict, n: int, parts: list[bytes]) -> np.ndarray:

@@ -18,7 +18,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lightcomp._checks import check_int, is_prng_key
-from lightcomp.tree import path_str
+from lightcomp.tree import mirror_specs, param_specs, path_str
 
 PyTree = Any
 
@@ -118,43 +118,65 @@ def state_shardings(
     model_axis: str = "model",
     min_size: int = 2**14,
     include: str | Callable[[str, Any], bool] | None = None,
+    params: PyTree = None,
+    rules: Sequence[tuple[str, Any]] | None = None,
 ) -> PyTree:
-    """``NamedSharding``s for a whole state: large leaves split over ``model_axis``.
+    """``NamedSharding``s for a whole state: each leaf laid out like the parameter it mirrors.
 
-    Every array leaf of ``state`` (params, optimizer moments, masks, assignments,
-    centroids, ranges) gets `model_spec` of its shape when ``include`` accepts its path,
-    else ``P()`` (replicated); a PRNG key is always replicated. Leaves of equal shape get
-    equal layouts, so a kernel and the compression state that mirrors it stay aligned.
-    Any layout gives the same numbers: XLA adds the collectives a transform needs
-    (per-tensor ranges, k-means over a split kernel).
+    When the parameters' layout is known - ``params`` (or ``state.params``) placed with
+    ``NamedSharding``s splitting some axis, linen ``nn.Partitioned`` /
+    ``nn.LogicallyPartitioned`` boxes, nnx sharding metadata, or ``PartitionSpec`` leaves -
+    every leaf whose path ends with a parameter's path (the parameter itself, its optimizer
+    moments, its pruning mask, its cluster assignments, its per-channel ranges) gets that
+    parameter's spec on the axes where their shapes agree (`lightcomp.tree` mirror specs);
+    other leaves (centroids, scalars, PRNG keys) are replicated. Logical names are mapped
+    to mesh axes by ``rules`` (``[(logical, mesh axis)]``, as
+    ``flax.linen.logical_axis_rules``).
+
+    Otherwise (no layout known) a shape heuristic applies: leaves of at least ``min_size``
+    elements and rank >= 2 are split over ``model_axis`` (`model_spec`), the others
+    replicated; leaves of equal shape get equal layouts. Any layout gives the same
+    numbers: XLA adds the collectives a transform needs.
 
     Args:
       state: a `DistillState` (or params, or any pytree of arrays).
-      mesh: a mesh with a ``model_axis`` (size 1 replicates everything).
-      model_axis: the mesh axis large leaves are split over.
-      min_size: leaves with fewer elements stay replicated.
+      mesh: the mesh.
+      model_axis: the mesh axis the heuristic splits over.
+      min_size: leaves with fewer elements stay replicated (heuristic only).
       include: None (every leaf may be split), a regex searched in the leaf path
-        (``"params/"``), or ``predicate(path, leaf) -> bool``.
+        (``"params/"``), or ``predicate(path, leaf) -> bool``; other leaves are replicated.
+      params: the parameters whose layout the state follows (default ``state.params``).
+      rules: ``[(logical name, mesh axis or None)]`` for Flax logical axis names.
 
     Returns:
       A tree of ``NamedSharding`` with ``state``'s structure, for ``data_parallel``'s
       ``state_shardings`` or ``jax.device_put``.
 
     Raises:
-      ValueError: ``model_axis`` not an axis of ``mesh``.
+      ValueError: ``model_axis`` not an axis of ``mesh`` (heuristic), a logical name with
+        no rule, or mesh axes that do not divide a leaf's dimension (naming the leaf path
+        and the axis).
       TypeError: ``include`` neither None, a string nor callable.
     """
-    if model_axis not in mesh.shape:
-        raise ValueError(f"model_axis {model_axis!r} is not an axis of the mesh {dict(mesh.shape)}")
     accept = _accept(include)
-    n = mesh.shape[model_axis]
+    source = params if params is not None else getattr(state, "params", None)
+    specs = {} if source is None else param_specs(source, mesh, rules)
+    if params is None and rules is None and not any(any(s) for s, _ in specs.values()):
+        specs = {}  # replicated parameters: the heuristic decides, as before
+    if specs:
+        spec_of = jax.tree.leaves(mirror_specs(state, specs, mesh))
+    elif model_axis not in mesh.shape:
+        raise ValueError(f"model_axis {model_axis!r} is not an axis of the mesh {dict(mesh.shape)}")
     flat, treedef = jax.tree_util.tree_flatten_with_path(state)
     out = []
-    for key_path, leaf in flat:
+    for i, (key_path, leaf) in enumerate(flat):
         path = path_str(key_path)
         if is_prng_key(leaf) or not accept(path, leaf):
             spec = P()
+        elif specs:
+            spec = spec_of[i]
         else:
-            spec = model_spec(np.shape(leaf), n, axis_name=model_axis, min_size=min_size)
+            spec = model_spec(np.shape(leaf), mesh.shape[model_axis], axis_name=model_axis,
+                              min_size=min_size)  # fmt: skip
         out.append(NamedSharding(mesh, spec))
     return jax.tree.unflatten(treedef, out)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from lightcomp import tree as lt
 from lightcomp.prune._granularity import Block, Channel, Element, Granularity
-from lightcomp.prune._ranking import lowest_k, lowest_units, nm_keep
+from lightcomp.prune._ranking import lowest_k, lowest_k_many, lowest_units, nm_keep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +166,15 @@ def nm_masks(score, on, n, m, axis):
 
 @functools.partial(jax.jit, static_argnames=("plans", "gran", "keep_one"))
 def global_keep(leaves, k, plans, gran, keep_one):
-    """One ranking of every unit of every slice of every leaf: the lowest ``k`` weights go."""
+    """One ranking of every unit of every slice of every leaf: the lowest ``k`` weights go.
+
+    Element granularity (without ``keep_one``) ranks the leaves where they lie
+    (`lowest_k_many`: no concatenation, nothing gathered from a sharded leaf).
+    """
+    if isinstance(gran, Element) and not keep_one:
+        scores = [clean(s) for s in leaves]
+        pruned = lowest_k_many(scores, k, [pl.perm for pl in plans])
+        return [jnp.logical_not(p) for p in pruned]
     parts = [units(s, pl, gran) for s, pl in zip(leaves, plans, strict=True)]
     unit_scores = jnp.concatenate([u for u, _, _ in parts])
     if isinstance(gran, Element):

@@ -8,6 +8,7 @@ cleans them).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -67,6 +68,79 @@ def lowest_k(x: jax.Array, k: Any, axis: int = -1) -> jax.Array:
     eq = keys == thr
     chosen = less | (eq & (jnp.cumsum(eq, axis=axis, dtype=jnp.int32) <= k - n_less))
     return chosen & (k > 0)
+
+
+def _flat_index(shape: tuple[int, ...], perm: tuple[int, ...], offset: int) -> jax.Array:
+    """int32 ``shape``: ``offset`` + each entry's index in the leaf read in axis order ``perm``.
+
+    Built from iotas in the leaf's own shape (no transpose, no reshape), so a sharded
+    leaf's index is computed shard by shard.
+    """
+    read = [shape[a] for a in perm]
+    strides = [math.prod(read[j + 1 :]) for j in range(len(read))]
+    idx = jnp.full(shape, offset, jnp.int32)
+    for j, a in enumerate(perm):
+        idx = idx + jax.lax.broadcasted_iota(jnp.int32, shape, a) * strides[j]
+    return idx
+
+
+def _bisect(count, target, lo, hi, passes: int):
+    """The smallest ``t`` in ``[lo, hi]`` with ``count(t) >= target`` (``count`` increasing)."""
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        enough = count(mid) >= target
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    return jax.lax.fori_loop(0, passes, body, (lo, hi))[0]
+
+
+def lowest_k_many(xs: list[jax.Array], k: Any, perms: list[tuple[int, ...]] | None = None):
+    """`lowest_k` over the leaves ``xs`` together, without concatenating or gathering them.
+
+    Exactly the entries ``lowest_k(concatenate([x.transpose(perm).ravel() ...]), k)``
+    chooses: the ``k`` lowest, ties to the lower index of that order (leaf by leaf, each in
+    the axis order of its ``perm``). Two bisections - 32 counting passes over the int32
+    keys for the threshold, then up to 32 over the indices for how many of the entries
+    equal to it are chosen - and every pass is elementwise work and a sum per leaf. On
+    leaves sharded over a mesh, XLA counts each shard where it lies and adds the partial
+    counts (an all-reduce of one number): a distributed threshold search, with no leaf
+    gathered onto one device.
+
+    Args:
+      xs: float arrays (cast to float32; -0.0 counts as +0.0), NaN-free; fewer than
+        ``2**31`` entries in all.
+      k: int, possibly traced; clipped to ``[0, total size]``.
+      perms: per leaf, the axis order it is read in (default: row-major).
+
+    Returns:
+      bool arrays shaped like ``xs``, with exactly ``k`` True in all.
+    """
+    perms = [tuple(range(x.ndim)) for x in xs] if perms is None else perms
+    total = sum(x.size for x in xs)
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 0, total)
+    keys = [float_to_key(x.astype(jnp.float32), merge_zeros=True) for x in xs]
+
+    def count(pred):
+        return sum(jnp.sum(pred(i, key), dtype=jnp.int32) for i, key in enumerate(keys))
+
+    lo = jnp.min(jnp.stack([jnp.min(key) for key in keys]))
+    hi = jnp.max(jnp.stack([jnp.max(key) for key in keys]))
+    thr = _bisect(lambda mid: count(lambda i, key: key <= mid), jnp.maximum(k, 1), lo, hi, 32)
+    quota = k - count(lambda i, key: key < thr)
+    offsets = [sum(x.size for x in xs[:i]) for i in range(len(xs))]
+    idx = [_flat_index(x.shape, p, o) for x, p, o in zip(xs, perms, offsets, strict=True)]
+    t = _bisect(
+        lambda mid: count(lambda i, key: (key == thr) & (idx[i] < mid)),
+        quota,
+        jnp.int32(0),
+        jnp.int32(total),
+        max(1, int(total).bit_length()),
+    )
+    return [
+        ((key < thr) | ((key == thr) & (i < t))) & (k > 0) for key, i in zip(keys, idx, strict=True)
+    ]
 
 
 def lowest_units(unit_scores: jax.Array, unit_sizes: jax.Array, k: Any) -> jax.Array:

@@ -13,6 +13,7 @@ from lightcomp import _checks, quant, tree
 from lightcomp.transform import _axes
 from lightcomp.transform._base import Transform, check_state, fingerprint
 from lightcomp.transform._learned import Learned
+from lightcomp.transform._sharding import follow_params
 
 PyTree = Any
 UNITS = "units"
@@ -190,7 +191,7 @@ def fake_quantization(
         check(params, state)
         return state
 
-    return Transform(init, apply, update)
+    return follow_params(Transform(init, apply, update))
 
 
 def _layout_args(lay: quant.Layout) -> dict[str, Any]:

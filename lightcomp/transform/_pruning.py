@@ -12,6 +12,7 @@ from flax import struct
 from lightcomp import _checks, prune, tree
 from lightcomp.transform import _axes
 from lightcomp.transform._base import Transform, check_state, fingerprint
+from lightcomp.transform._sharding import follow_params
 
 PyTree = Any
 
@@ -217,7 +218,7 @@ def pruning(
         masks = jax.lax.cond(due, lambda: compute(params, grads, s, leaf_axes), lambda: state.masks)
         return state.replace(masks=masks, sparsity=jnp.where(due, s, state.sparsity))
 
-    return Transform(init, apply, update)
+    return follow_params(Transform(init, apply, update))
 
 
 def _check_computable(params: PyTree, rule: tree.Select, masks_fn) -> None:

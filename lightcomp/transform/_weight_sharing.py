@@ -13,6 +13,7 @@ from lightcomp import _checks, cluster, quant, tree
 from lightcomp.transform import _axes
 from lightcomp.transform._base import Transform, check_state, fingerprint
 from lightcomp.transform._learned import Learned
+from lightcomp.transform._sharding import follow_params
 
 PyTree = Any
 
@@ -179,7 +180,7 @@ def weight_sharing(
         )
         return state.replace(centroids=centroids, assignments=codes)
 
-    return Transform(init_fn, apply, update)
+    return follow_params(Transform(init_fn, apply, update))
 
 
 def _cluster_leaf(path, w, kept, key, warm=None, *, k, init, preserve_zeros, iters):

@@ -57,6 +57,7 @@ from lightcomp.tree._select import (
     selected_paths,
     selection,
 )
+from lightcomp.tree._shardings import adapt_spec, check_spec, mirror_specs, param_specs
 
 __all__ = [
     "LAYER_NAMES",
@@ -65,17 +66,21 @@ __all__ = [
     "AxesOptions",
     "Select",
     "SelectLike",
+    "adapt_spec",
     "array_rule",
     "as_select",
     "axes",
     "check_mirror",
     "check_shape",
+    "check_spec",
     "default_rule",
     "first_mismatch",
     "is_floating",
     "leaves_with_paths",
     "map_selected",
+    "mirror_specs",
     "need_known",
+    "param_specs",
     "path_str",
     "paths",
     "resolve_axes",

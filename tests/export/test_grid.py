@@ -209,3 +209,18 @@ def test_grid_groups_counts_without_allocating(shape):
 def test_grid_groups_refuses_other_granularities(gran):
     with pytest.raises(ValueError, match="corrupted grid granularity"):
         grid_groups((6, 4), gran)
+
+
+def test_many_groups_are_probed_first_and_a_grid_is_still_found():
+    # past the screen's sample size, 32 whole groups are searched first: random floats
+    # are refused at once; a grid of 4096 groups (group size 8) is still found exactly
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(256, 128)).astype(np.float32)
+    idx = np.arange(x.size)
+    gran = {"kind": "group", "gaxis": 0, "size": 8, "axis": 1}
+    gid, ngroups = group_ids(idx, x.shape, gran)
+    assert find_grid(x.reshape(-1), gid, ngroups) is None
+    q = np.asarray(lc.quant.fake_quant(jnp.asarray(x), 4, axis=-1, group_size=8))
+    flat = np.where(q == 0, np.float32(0), q).reshape(-1)
+    n, scale = find_grid(flat, gid, ngroups)
+    _assert_bit_equal(grid_values(n, scale, gid, q.dtype), flat)

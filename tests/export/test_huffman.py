@@ -8,7 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightcomp.export._huffman import (
+    _CHUNKED_MIN,
     MAX_CODE_LEN,
+    _chunked_chain,
+    _doubled_chain,
     canonical_codes,
     huffman_decode,
     huffman_encode,
@@ -120,3 +123,48 @@ def test_corrupted_streams_are_rejected():
         huffman_decode(data, np.zeros(3, np.int64), sym.size, nbits)  # no code at all
     with pytest.raises(ValueError, match="code lengths"):
         huffman_decode(data, np.array([1, 1, 1]), sym.size, nbits)  # breaks Kraft
+
+
+@pytest.mark.parametrize("skew", [0.05, 0.7, 3.0])
+def test_long_streams_decode_in_synchronized_chunks(skew):
+    # past _CHUNKED_MIN bits the chain of code starts is followed chunk by chunk; it
+    # must give what the bit-by-bit definition gives, and refuse what it refuses
+    rng = np.random.default_rng(int(skew * 10))
+    p = np.exp(-skew * np.arange(40))
+    sym = rng.choice(40, 80_000, p=p / p.sum())
+    lengths = huffman_lengths(np.bincount(sym))
+    data, nbits = huffman_encode(sym, lengths)
+    assert nbits >= _CHUNKED_MIN
+    np.testing.assert_array_equal(huffman_decode(data, lengths, sym.size, nbits), sym)
+    head_data, head_bits = huffman_encode(sym[:3000], lengths)
+    np.testing.assert_array_equal(
+        _reference_decode(head_data, lengths, 3000, head_bits), sym[:3000]
+    )
+    with pytest.raises(ValueError, match="corrupted Huffman stream"):
+        huffman_decode(data, lengths, sym.size - 1, nbits)
+    with pytest.raises(ValueError, match="corrupted Huffman stream"):
+        huffman_decode(data, lengths, sym.size + 1, nbits)
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    try:  # a flipped byte decodes to other symbols or is refused, never to these
+        back = huffman_decode(bytes(flipped), lengths, sym.size, nbits)
+        assert not np.array_equal(back, sym)
+    except ValueError as e:
+        assert "corrupted Huffman stream" in str(e)
+
+
+def test_chunked_chain_equals_pointer_doubling_or_declines():
+    rng = np.random.default_rng(5)
+    for nbits in (70_000, 200_000):
+        jump = np.minimum(np.arange(nbits) + rng.integers(1, 21, nbits), nbits).astype(np.int32)
+        jump = np.append(jump, np.int32(nbits))
+        doubled = _doubled_chain(jump, nbits)
+        want = doubled[doubled < nbits]
+        got = _chunked_chain(jump, nbits, want.size)
+        if got is not None:  # random lengths synchronize; None would also be exact
+            np.testing.assert_array_equal(got, want)
+    # a stream whose chunks never meet their own chain (every code 2 bits, offset 1)
+    jump = np.append(np.minimum(np.arange(100_001) + 2, 100_001), 100_001).astype(np.int32)
+    assert _chunked_chain(jump, 100_001, 50_001) is None or np.array_equal(
+        _chunked_chain(jump, 100_001, 50_001), np.arange(0, 100_001, 2)
+    )

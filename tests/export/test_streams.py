@@ -109,3 +109,34 @@ def test_decode_ints_refuses_another_count_before_decoding():
     np.testing.assert_array_equal(decode_ints(spec, parts, n=40), np.arange(40) % 5)
     with pytest.raises(ValueError, match="40 values declared, 41 expected"):
         decode_ints(spec, parts, n=41)
+
+
+def test_long_zlib_streams_are_deflated_in_pieces_as_one_standard_stream(monkeypatch):
+    import zlib
+
+    from lightcomp.export import _streams
+
+    monkeypatch.setattr(_streams, "ZLIB_PIECE", 1000)  # pieces of 1000 bytes, on threads
+    rng = np.random.default_rng(0)
+    data = np.tile(rng.integers(0, 40, 700).astype(np.uint8), 9).tobytes() + rng.bytes(500)
+    small = compress("zlib", data)
+    assert zlib.decompress(small) == data  # any zlib reader reads it
+    assert decompress("zlib", small, "thing", len(data)) == data
+    assert len(small) < len(zlib.compress(data, 9)) * 1.2  # the window carries over pieces
+
+
+@pytest.mark.parametrize("name", ["geometric", "uniform", "periodic", "binary"])
+def test_planned_coder_of_a_long_stream_is_within_2_percent_of_the_smallest(name):
+    rng = np.random.default_rng(2)
+    sym = {
+        "geometric": rng.geometric(0.3, 50_000) - 1,
+        "uniform": rng.integers(0, 16, 50_000),
+        "periodic": np.tile(rng.integers(0, 300, 999), 50),  # zlib wins by far
+        "binary": (rng.random(50_000) < 0.05).astype(np.int64),
+    }[name]
+    parts: list[bytes] = []
+    spec = best_ints(sym, parts, True)  # past EXHAUSTIVE_MAX: one planned coder
+    np.testing.assert_array_equal(decode_ints(spec, parts), sym)
+    cands = [(s["c"], sum(map(len, b))) for s, b in int_candidates(sym, [], True)]
+    smallest = min(n for c, n in cands if c != "lzma")  # lzma is left to short streams
+    assert sum(map(len, parts)) <= 1.02 * smallest

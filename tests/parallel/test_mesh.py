@@ -167,3 +167,93 @@ def test_same_code_under_jax_distributed(tmp_path):
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-2000:]
         assert "SUM 36.0" in out, out[-2000:]
+
+
+# ------------------------------------------------------- state following the params' layout
+
+
+def _logical_params():
+    """Linen params with logical axis names (``nn.with_logical_partitioning``)."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            init = nn.initializers.lecun_normal()
+            x = nn.Dense(16, kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")))(x)
+            return nn.Dense(4, kernel_init=nn.with_logical_partitioning(init, ("mlp", None)))(x)
+
+    return Net().init(jax.random.key(0), jnp.ones((1, 8)))["params"]
+
+
+RULES = [("embed", "data"), ("mlp", "model")]
+
+
+def test_state_shardings_follow_flax_logical_names():
+    mesh = parallel.make_mesh(4, 2)
+    boxed = _logical_params()
+    import flax.linen as nn
+
+    params = nn.unbox(boxed)
+    state = {
+        "params": params,
+        "comp_state": {"masks": jax.tree.map(lambda x: x != 0, params)},
+        "scale": {"Dense_0": {"kernel": jnp.ones((1, 16))}},  # a per-channel range
+        "centroids": {"Dense_0": {"kernel": jnp.ones(4)}},
+    }
+    sh = parallel.state_shardings(state, mesh, params=boxed, rules=RULES)
+    assert sh["params"]["Dense_0"]["kernel"].spec == P("data", "model")
+    assert sh["params"]["Dense_1"]["kernel"].spec == P("model", None)
+    assert sh["comp_state"]["masks"]["Dense_0"]["kernel"].spec == P("data", "model")
+    assert sh["scale"]["Dense_0"]["kernel"].spec == P(None, "model")  # [1, out]
+    assert sh["centroids"]["Dense_0"]["kernel"].spec == P()
+    assert sh["params"]["Dense_0"]["bias"].spec == P()
+    placed = jax.device_put(state, sh)
+    chex.assert_trees_all_equal(placed, state)
+
+
+def test_state_shardings_follow_nnx_sharding_metadata():
+    from flax import nnx
+
+    init = nnx.with_metadata(
+        nnx.initializers.lecun_normal(), out_sharding=("embed", "mlp"), eager_sharding=False
+    )
+    model = nnx.Linear(8, 16, kernel_init=init, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    mesh = parallel.make_mesh(4, 2)
+    sh = parallel.state_shardings({"params": params}, mesh, params=params, rules=RULES)
+    assert sh["params"]["kernel"].get_value().spec == P("data", "model")
+
+
+def test_state_shardings_follow_placed_params():
+    mesh = parallel.make_mesh(4, 2)
+    kernel = jax.device_put(np.ones((8, 16), np.float32), NamedSharding(mesh, P("data", "model")))
+    state = {"params": {"Dense_0": {"kernel": kernel}}, "mu": {"Dense_0": {"kernel": kernel}}}
+    sh = parallel.state_shardings(state, mesh, params=state["params"])
+    assert sh["mu"]["Dense_0"]["kernel"].spec == P("data", "model")
+
+
+def test_state_shardings_name_the_leaf_and_the_axis():
+    mesh = parallel.make_mesh(4, 2)
+    boxed = _logical_params()
+    with pytest.raises(
+        ValueError, match=r"leaf 'Dense_0/kernel': logical axis 'embed' has no rule"
+    ):
+        parallel.state_shardings({}, mesh, params=boxed, rules=[("mlp", "model")])
+    state = {"Dense_0": {"kernel": np.zeros((3, 4), np.float32)}}
+    with pytest.raises(
+        ValueError, match=r"leaf 'Dense_0/kernel': mesh axes 'model' of size 2 do not divide"
+    ):  # a spec given bare is checked on the leaf that follows it
+        parallel.state_shardings(state, mesh, params={"Dense_0": {"kernel": P("model", None)}})
+    with pytest.raises(ValueError, match=r"leaf 'Dense_0/kernel': logical axis 'tp' has no rule"):
+        parallel.state_shardings(state, mesh, params={"Dense_0": {"kernel": P("tp", None)}})
+    with pytest.raises(ValueError, match=r"leaf 'Dense_0/kernel': mesh axes 'data' of size 4"):
+        kernel = jax.device_put(np.zeros((4, 6), np.float32), NamedSharding(mesh, P("data")))
+        parallel.state_shardings({}, mesh, params={"Dense_0": {"kernel": _Fake(kernel, (6, 4))}})
+
+
+class _Fake:
+    """An array-like whose sharding was made for another shape (a resharded checkpoint)."""
+
+    def __init__(self, array, shape):
+        self.sharding, self.shape, self.dtype = array.sharding, shape, array.dtype

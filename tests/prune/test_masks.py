@@ -355,3 +355,56 @@ def test_property_layer_exact_and_lowest_go_first(seed, s, n, np_layer_mask):
     if 0 < (~mk).sum() < n:
         assert sc[~mk].max() <= sc[mk].min()
     np.testing.assert_array_equal(mk, np_layer_mask(sc, s))
+
+
+# ------------------------------------------- global masks without gathering (distributed search)
+
+
+def _tied_leaves(seed):
+    """Leaves with many equal scores (ties across and within leaves) and a signed zero."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 6, (8, 12)).astype(np.float32)
+    b = rng.integers(0, 6, (3, 4, 5)).astype(np.float32)
+    b[0, 0, 0] = -0.0
+    c = rng.standard_normal(7).astype(np.float32)
+    return [jnp.asarray(a), jnp.asarray(b), jnp.asarray(c)]
+
+
+@pytest.mark.parametrize("k", [0, 50, 200])
+def test_lowest_k_many_is_lowest_k_of_the_concatenation(k):
+    from lightcomp.prune._ranking import lowest_k, lowest_k_many
+
+    xs = _tied_leaves(k)
+    perms = ((1, 0), (2, 0, 1), (0,))  # each leaf read in its own axis order
+    flat = jnp.concatenate(
+        [jnp.transpose(x, p).reshape(-1) for x, p in zip(xs, perms, strict=True)]
+    )
+    want = np.asarray(lowest_k(flat, k))
+    for run in (lowest_k_many, jax.jit(lowest_k_many, static_argnums=2)):
+        got = run(xs, k, perms)
+        got_flat = np.concatenate(
+            [np.asarray(jnp.transpose(g, p)).reshape(-1) for g, p in zip(got, perms, strict=True)]
+        )
+        np.testing.assert_array_equal(got_flat, want)
+        assert got_flat.sum() == min(k, flat.size)
+
+
+def test_global_masks_on_sharded_leaves_gather_nothing_and_equal_one_device():
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as PS
+
+    from lightcomp import parallel
+
+    mesh = parallel.make_mesh(4, 2)
+    rng = np.random.default_rng(3)
+    scores = {
+        "Dense_0": {"kernel": rng.integers(0, 50, (64, 32)).astype(np.float32)},
+        "Dense_1": {"kernel": rng.standard_normal((32, 16)).astype(np.float32)},
+    }
+    specs = {"Dense_0": {"kernel": PS("data", "model")}, "Dense_1": {"kernel": PS("data", None)}}
+    sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), scores, specs)
+    f = jax.jit(lambda sc: P.masks(sc, 0.7, scope="global"))
+    got, want = f(sharded), f(scores)
+    chex.assert_trees_all_equal(got, want)
+    hlo = f.lower(sharded).compile().as_text()
+    assert "all-gather" not in hlo and "all-to-all" not in hlo  # only partial counts travel
