@@ -19,7 +19,7 @@ from lightcomp import tree as lt
 from lightcomp.posttrain._layers import LayerView
 from lightcomp.posttrain._obs import Grid
 from lightcomp.posttrain._sequential import LayerResult, compress
-from lightcomp.posttrain._state import check_request, precheck, state_of
+from lightcomp.posttrain._state import check_request, prechecker, state_of
 from lightcomp.posttrain._targets import (
     Target,
     check_grid,
@@ -119,7 +119,7 @@ def magnitude(
         select=select,
         sequential=False,
         needs_grams=False,
-        precheck=lambda view: precheck(view, target, None, return_state),
+        precheck=prechecker(params, target, None, return_state),
     )
     return state_of(new, results, return_state, target=target, scope=scope)
 
@@ -161,6 +161,6 @@ def rtn(
         select=select,
         sequential=False,
         needs_grams=False,
-        precheck=lambda view: precheck(view, None, grid, return_state),
+        precheck=prechecker(params, None, grid, return_state),
     )
     return state_of(new, results, return_state, grid=grid, views=found.views)

@@ -22,7 +22,7 @@ from lightcomp.posttrain._sequential import (
     checked_gram,
     compress,
 )
-from lightcomp.posttrain._state import check_request, precheck, state_of
+from lightcomp.posttrain._state import check_request, prechecker, state_of
 from lightcomp.posttrain._targets import check_blocksize, check_grid
 
 PyTree = Any
@@ -100,7 +100,7 @@ def gptq(
       dampening: ``lambda`` added to ``diag H`` as a fraction of its mean; 0 refuses a
         singular ``H``.
       return_state: also return the `lightcomp.FakeQuantState` of
-        ``lc.fake_quantization(bits, axis=-1, group_size=group_size, learned_scale=True)``
+        ``lc.fake_quantization(bits, group_size=group_size, learned_scale=True)``
         holding the grid (symmetric only; each layer's scales must be per kernel column).
 
     Returns:
@@ -147,7 +147,7 @@ def gptq(
         layer,
         select=select,
         sequential=sequential,
-        precheck=lambda view: precheck(view, None, grid, return_state),
+        precheck=prechecker(params, None, grid, return_state),
     )
     return state_of(new, results, return_state, grid=grid, views=found.views)
 
@@ -185,7 +185,7 @@ def gptq_matrix(
         bits, group_size, symmetric, act_order, blocksize, dampening
     )
     view, kernel, gram = matrix_case(w, h)
-    precheck(view, None, grid, False)
+    prechecker(None, None, grid, False)(view)
     out = gptq_layer(
         view,
         kernel,

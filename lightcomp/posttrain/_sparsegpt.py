@@ -22,7 +22,7 @@ from lightcomp.posttrain._sequential import (
     checked_gram,
     compress,
 )
-from lightcomp.posttrain._state import check_request, precheck, state_of
+from lightcomp.posttrain._state import check_request, prechecker, state_of
 from lightcomp.posttrain._targets import Target, check_blocksize, check_grid, check_target
 
 PyTree = Any
@@ -114,7 +114,7 @@ def sparsegpt(
         pruned (the papers' order); False: one calibration pass on the dense model.
       return_state: also return the state of ``lc.pruning(sparsity, granularity=...)``
         holding the masks (with ``bits``: ``(pruning state, fake_quantization state)`` for
-        ``lc.chain(lc.pruning(...), lc.fake_quantization(bits, axis=-1,
+        ``lc.chain(lc.pruning(...), lc.fake_quantization(bits,
         group_size=group_size, learned_scale=True))``).
 
     Returns:
@@ -160,7 +160,7 @@ def sparsegpt(
         layer,
         select=select,
         sequential=sequential,
-        precheck=lambda view: precheck(view, target, grid, return_state),
+        precheck=prechecker(params, target, grid, return_state),
     )
     return state_of(new, results, return_state, target=target, grid=grid, views=found.views)
 
@@ -195,7 +195,7 @@ def sparsegpt_matrix(
     blocksize = check_blocksize(blocksize)
     dampening = check_dampening(dampening)
     view, kernel, gram = matrix_case(w, h)
-    precheck(view, target, None, False)
+    prechecker(None, target, None, False)(view)
     out = sparsegpt_layer(
         view, kernel, gram, target=target, grid=None, blocksize=blocksize, dampening=dampening
     )

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from lightcomp import tree as lt
 from lightcomp.posttrain._baselines import masked_result, view_keep
 from lightcomp.posttrain._sequential import checked_gram, compress
-from lightcomp.posttrain._state import check_request, precheck, state_of
+from lightcomp.posttrain._state import check_request, prechecker, state_of
 from lightcomp.posttrain._targets import check_scope, check_target
 
 PyTree = Any
@@ -80,6 +80,6 @@ def wanda(
         layer,
         select=select,
         sequential=sequential,
-        precheck=lambda view: precheck(view, target, None, return_state),
+        precheck=prechecker(params, target, None, return_state),
     )
     return state_of(new, results, return_state, target=target, scope=scope)
