@@ -2,7 +2,8 @@
 
 Its attention is flax's ``nn.MultiHeadDotProductAttention`` (query, key, value and output
 projections are ``nn.DenseGeneral``), its MLP two ``nn.Dense``; blocks are unrolled
-(``Block_0``, ``Block_1``, ...), so every kernel is seen by the calibration.
+(``Block_0``, ``Block_1``, ...) or, with ``scan=True``, one ``nn.scan`` over a stack
+(``Blocks/Block/...`` kernels ``[layers, ...]``, each slice a layer of its own).
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ class Block(nn.Module):
         return x + nn.Dense(d, name="fc2")(nn.gelu(nn.Dense(4 * d, name="fc1")(h)))
 
 
+class _Scanned(nn.Module):
+    """`Block` as the body of ``nn.scan``: ``(x, mask) -> (x, None)``."""
+
+    heads: int
+
+    @nn.compact
+    def __call__(self, x, mask):
+        return Block(self.heads, name="Block")(x, mask), None
+
+
 class CharLM(nn.Module):
     """Character-level Transformer language model: ``int [batch, T] -> logits [batch, T, 128]``.
 
@@ -45,12 +56,15 @@ class CharLM(nn.Module):
       heads: attention heads.
       layers: blocks.
       max_len: the longest sequence (learned positions).
+      scan: one ``nn.scan`` over stacked blocks (``Blocks/Block/...``, parameters
+        ``[layers, ...]``) instead of ``Block_0``, ``Block_1``, ...
     """
 
     d_model: int = 128
     heads: int = 4
     layers: int = 2
     max_len: int = 128
+    scan: bool = False
 
     @nn.compact
     def __call__(self, tokens):
@@ -58,7 +72,16 @@ class CharLM(nn.Module):
         pos = self.param("pos", nn.initializers.normal(0.02), (self.max_len, self.d_model))
         x = nn.Embed(VOCAB, self.d_model)(tokens) + pos[:t]
         mask = nn.make_causal_mask(tokens)
-        for i in range(self.layers):
+        if self.scan:
+            stack = nn.scan(
+                _Scanned,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=nn.broadcast,
+                length=self.layers,
+            )
+            x, _ = stack(self.heads, name="Blocks")(x, mask)
+        for i in range(0 if self.scan else self.layers):
             x = Block(self.heads, name=f"Block_{i}")(x, mask)
         return nn.Dense(VOCAB, name="head")(nn.LayerNorm()(x))
 
