@@ -257,9 +257,14 @@ def gram_step(apply_fn: Callable, paths: Iterable[str]) -> Callable:
     """A jitted ``(sums, params, inputs) -> sums`` adding one batch's Gram matrices.
 
     ``sums`` maps each path to a `Gram` (start from `zero_grams`); it is donated, so the
-    running sums are updated in place. The step compiles once per batch shape.
+    running sums are updated in place. The step compiles once per batch shape, and is
+    shared by every method called with the same ``apply_fn`` and layers.
     """
-    wanted = frozenset(paths)
+    return _gram_step(apply_fn, frozenset(paths))
+
+
+@functools.lru_cache(maxsize=16)
+def _gram_step(apply_fn: Callable, wanted: frozenset[str]) -> Callable:
 
     def step(sums, params, inputs):
         rec = _Recorder(wanted, compute=True)

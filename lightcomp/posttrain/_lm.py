@@ -8,6 +8,7 @@ projections are ``nn.DenseGeneral``), its MLP two ``nn.Dense``; blocks are unrol
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -111,7 +112,7 @@ def train_char_lm(
     model = model or CharLM(max_len=seq_len)
     steps = check_int(steps, "steps", lo=1)
     key = jax.random.key(seed)
-    params = model.init(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    params = jax.jit(model.init)(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 20, 1), steps, lr / 20)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
@@ -135,6 +136,12 @@ def next_char_loss(apply_fn: Callable, params: PyTree, w: jax.Array) -> jax.Arra
     return distill.cross_entropy(logits.reshape(-1, VOCAB), w[:, 1:].reshape(-1))
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_loss(apply_fn: Callable) -> Callable:
+    """One compiled `next_char_loss` per ``apply_fn`` (perplexities of many results share it)."""
+    return jax.jit(lambda p, w: next_char_loss(apply_fn, p, w))
+
+
 def perplexity(
     apply_fn: Callable, params: PyTree, tokens: np.ndarray, *, seq_len: int = 128, batch: int = 64
 ) -> float:
@@ -152,7 +159,7 @@ def perplexity(
     """
     n = (len(tokens) - 1) // seq_len
     w = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)])
-    loss = jax.jit(lambda p, w: next_char_loss(apply_fn, p, w))
+    loss = _jitted_loss(apply_fn)
     total = 0.0
     for i in range(0, n, batch):
         part = w[i : i + batch]

@@ -11,6 +11,7 @@ sequential pass re-runs it with the current parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -52,6 +53,12 @@ class LayerResult(NamedTuple):
 
 
 LayerFn = Callable[[LayerView, jax.Array, Gram | None], LayerResult]
+
+
+def anonymous(view: LayerView) -> LayerView:
+    """``view`` without its path: the static key of a compiled layer computation, shared by
+    every layer (and every slice of a stack) of that layout."""
+    return dataclasses.replace(view, path="")
 
 
 def check_dampening(dampening: Any) -> float:
@@ -107,7 +114,7 @@ def compress(
     select: lt.SelectLike,
     sequential: bool,
     needs_grams: bool = True,
-    precheck: Callable[[LayerView], None] | None = None,
+    precheck: Callable[[Plan], None] | None = None,
 ) -> tuple[PyTree, dict[str, LayerResult], Plan]:
     """Runs ``layer_fn`` on every selected layer; returns ``(params, results, plan)``.
 
@@ -119,8 +126,8 @@ def compress(
       select: as `lightcomp.posttrain.grams`.
       sequential: each group of layers calibrated on the partly compressed model.
       needs_grams: False for methods that read only the weights (no calibration pass).
-      precheck: called on every layer's `LayerView` once the layers are found and before
-        any work, to refuse a configuration a layer cannot take.
+      precheck: called on the `Plan` once the layers are found and before any work, to
+        refuse a configuration a layer cannot take.
 
     Returns:
       The parameters with every selected kernel replaced, ``{path: LayerResult}``, and the
@@ -130,9 +137,8 @@ def compress(
     sequential = check_bool(sequential, "sequential")
     batches = as_batches(calib_inputs)
     found = plan(apply_fn, params, batches[0], select)
-    for view in found.views.values():
-        if precheck is not None:
-            precheck(view)
+    if precheck is not None:
+        precheck(found)
     items = lt.leaves_with_paths(params)
     treedef = jax.tree.structure(params)
     leaves = dict(items)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from lightcomp import prune, quant, transform
 from lightcomp import tree as lt
 from lightcomp._checks import check_bool
+from lightcomp.posttrain._calibration import Plan
 from lightcomp.posttrain._layers import LayerView
 from lightcomp.posttrain._obs import Grid
 from lightcomp.posttrain._targets import check_layer
@@ -70,15 +71,27 @@ def check_grid_fits(view: LayerView, grid: Grid, ax: lt.Axes | None) -> None:
         )
 
 
-def prechecker(params: PyTree, target: Any, grid: Grid | None, return_state: bool):
-    """``precheck(view)``: every refusal a layer can cause, before any work (divisibility,
-    then the state's layout)."""
-    axes = leaf_axes(params) if return_state and grid is not None else {}
+def prechecker(params: PyTree, target: Any, grid: Grid | None, return_state: bool, select=None):
+    """``precheck(plan)``: every refusal the layers found can cause, before any work:
+    divisibility, then (with ``return_state``) the state's selection and layout."""
 
-    def precheck(view: LayerView) -> None:
-        check_layer(view, target, grid)
-        if return_state and grid is not None:
-            check_grid_fits(view, grid, axes.get(view.path))
+    def precheck(found: Plan) -> None:
+        for view in found.views.values():
+            check_layer(view, target, grid)
+        if not return_state:
+            return
+        extra = sorted(set(lt.selected_paths(params, select)) - set(found.views))
+        if extra:
+            raise ValueError(
+                f"return_state=True: select={select!r} also picks {extra}, which no layer call "
+                "compresses (an embedding, or a layer the calibration inputs do not reach), so "
+                "the transforms' state would not match the result; pass a select that names only "
+                "compressed layers (e.g. lc.tree.select(exclude='embedding'))"
+            )
+        if grid is not None:
+            axes = leaf_axes(params)
+            for view in found.views.values():
+                check_grid_fits(view, grid, axes.get(view.path))
 
     return precheck
 
@@ -101,27 +114,34 @@ def _kernel_scale(view: LayerView, scale: jax.Array, grid: Grid, ax: lt.Axes) ->
     return lay.scale_from_view(first)
 
 
-def pruning_state(params: PyTree, keep: dict[str, jax.Array], target: Any, scope: str):
+def pruning_state(params: PyTree, keep: dict, target: Any, scope: str, select=None):
     """The `lightcomp.PruningState` of ``lc.pruning`` for ``target`` holding these masks."""
     nm = isinstance(target, prune.NM)
     t = transform.pruning(
-        None if nm else target, scope=scope, granularity=target if nm else "element"
+        None if nm else target,
+        scope=scope,
+        granularity=target if nm else "element",
+        select=select,
     )
     base = t.init(params, jax.random.key(0))
     return base.replace(masks=_mirror(params, keep))
 
 
-def grid_state(params: PyTree, scales: dict[str, jax.Array], views, grid: Grid):
+def grid_state(params: PyTree, scales: dict[str, jax.Array], views, grid: Grid, select=None):
     """The `lightcomp.FakeQuantState` of ``lc.fake_quantization(bits, group_size=...,
     learned_scale=True)`` holding the grid's scales as its step sizes."""
-    t = transform.fake_quantization(grid.bits, group_size=grid.group_size, learned_scale=True)
+    t = transform.fake_quantization(
+        grid.bits, group_size=grid.group_size, learned_scale=True, select=select
+    )
     base = t.init(params, jax.random.key(0))
     axes = leaf_axes(params)
     kernel_scales = {p: _kernel_scale(views[p], s, grid, axes[p]) for p, s in scales.items()}
     return base.replace(scales=transform.Learned(_mirror(params, kernel_scales)))
 
 
-def state_of(params, results, return_state, *, target=None, scope="layer", grid=None, views=None):
+def state_of(
+    params, results, return_state, *, target=None, scope="layer", grid=None, views=None, select=None
+):
     """``params``, or ``(params, state)`` with ``return_state``: a pruning state, a grid state,
     or the pair of both (for ``lc.chain(pruning, fake_quantization)``)."""
     if not return_state:
@@ -129,8 +149,8 @@ def state_of(params, results, return_state, *, target=None, scope="layer", grid=
     states = []
     if target is not None:
         keep = {p: r.keep for p, r in results.items()}
-        states.append(pruning_state(params, keep, target, scope))
+        states.append(pruning_state(params, keep, target, scope, select))
     if grid is not None:
         scales = {p: r.grid.scale for p, r in results.items()}
-        states.append(grid_state(params, scales, views, grid))
+        states.append(grid_state(params, scales, views, grid, select))
     return params, states[0] if len(states) == 1 else tuple(states)

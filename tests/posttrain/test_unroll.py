@@ -9,6 +9,7 @@ from flax import nnx
 import lightcomp as lc
 
 LAYERS = 2
+LAYERS_ONLY = lc.tree.select(exclude="embedding")
 
 
 def _lm(scan):
@@ -65,9 +66,12 @@ def test_scanned_slices_compress_as_the_unrolled_layers(lms, method, kwargs):
 def test_two_four_and_grid_per_slice_with_the_transforms_state(lms):
     apply_s, _, params, x = lms
     out, (pstate, qstate) = lc.posttrain.sparsegpt(
-        apply_s, params, x, "2:4", bits=4, return_state=True
+        apply_s, params, x, "2:4", bits=4, select=LAYERS_ONLY, return_state=True
     )
-    t = lc.chain(lc.pruning(None, granularity="2:4"), lc.fake_quantization(4, learned_scale=True))
+    t = lc.chain(
+        lc.pruning(None, granularity="2:4", select=LAYERS_ONLY),
+        lc.fake_quantization(4, learned_scale=True, select=LAYERS_ONLY),
+    )
     eff = t.apply(out, (pstate, qstate))
     for path, k in lc.tree.leaves_with_paths(out):
         if path.endswith("kernel"):
