@@ -201,7 +201,8 @@ def main():
         "--part",
         choices=("all", "methods", "widths", "qwix"),
         default="all",
-        help="run one part only (widths needs no LM)",
+        help="run one part only: widths (no LM), methods, or qwix (GPTQ against qwix's, then "
+        "SparseGPT 50%% at the paper's settings with more calibration windows)",
     )
     args = parser.parse_args()
     if args.part == "widths":
@@ -215,8 +216,11 @@ def main():
         f"{n_layers} layers compressed (all but the head)"
     )
     results = {}
-    if args.part == "qwix":
-        print("\n".join(_qwix(args, apply, params, calib, ppl, dense)[0]))
+    if args.part == "qwix":  # and SparseGPT at the paper's settings, from the same model
+        print("\n".join(_qwix(args, apply, params, calib, ppl, dense)[0]), flush=True)
+        mag = ppl(P.magnitude(apply, params, calib, 0.5, select=SELECT))
+        print(f"magnitude 50%: {mag:.3f}")
+        print("\n".join(_sparsegpt_settings(apply, params, ppl, dense, mag, data)))
         return 0
     for name, setting, fn in _methods(args.quick):
         out, secs = _timed(lambda fn=fn: fn(apply, params, calib))

@@ -41,33 +41,38 @@ def lms():
     return apply_s, apply_u, params, x
 
 
-@pytest.mark.parametrize(
-    "method, kwargs",
-    [
-        (lc.posttrain.sparsegpt, dict(sparsity="2:4", bits=4)),
-        (lc.posttrain.gptq, dict(bits=3, group_size=8)),
-        (lc.posttrain.wanda, dict(sparsity=0.5)),
-    ],
-)
-def test_scanned_slices_compress_as_the_unrolled_layers(lms, method, kwargs):
-    apply_s, apply_u, params, x = lms
-    got = method(apply_s, params, x, **kwargs)
-    want = method(apply_u, _unrolled_params(params), x, **kwargs)
+@pytest.fixture(scope="module")
+def joint(lms):
+    """SparseGPT 2:4 with 4-bit GPTQ in one pass on the scanned LM, with its state."""
+    apply_s, _, params, x = lms
+    return lc.posttrain.sparsegpt(
+        apply_s, params, x, "2:4", bits=4, select=LAYERS_ONLY, return_state=True
+    )
+
+
+def _assert_slices_equal(got, want, atol=2e-4):
     for i, block in enumerate(_slices(got)):
         for (path, a), (_, b) in zip(
             lc.tree.leaves_with_paths(block),
             lc.tree.leaves_with_paths(want[f"Block_{i}"]),
             strict=True,
         ):
-            np.testing.assert_allclose(a, b, atol=2e-4, err_msg=f"layer {i}: {path}")
-    np.testing.assert_allclose(got["head"]["kernel"], want["head"]["kernel"], atol=2e-4)
+            np.testing.assert_allclose(a, b, atol=atol, err_msg=f"layer {i}: {path}")
+    np.testing.assert_allclose(got["head"]["kernel"], want["head"]["kernel"], atol=atol)
 
 
-def test_two_four_and_grid_per_slice_with_the_transforms_state(lms):
-    apply_s, _, params, x = lms
-    out, (pstate, qstate) = lc.posttrain.sparsegpt(
-        apply_s, params, x, "2:4", bits=4, select=LAYERS_ONLY, return_state=True
+def test_scanned_slices_compress_as_the_unrolled_layers(lms, joint):
+    apply_s, apply_u, params, x = lms
+    unrolled = _unrolled_params(params)
+    want = lc.posttrain.sparsegpt(apply_u, unrolled, x, "2:4", bits=4, select=LAYERS_ONLY)
+    _assert_slices_equal(joint[0], want)  # sequential: layer 1 calibrated on compressed layer 0
+    _assert_slices_equal(
+        lc.posttrain.wanda(apply_s, params, x, 0.5), lc.posttrain.wanda(apply_u, unrolled, x, 0.5)
     )
+
+
+def test_two_four_and_grid_per_slice_with_the_transforms_state(joint):
+    out, (pstate, qstate) = joint
     t = lc.chain(
         lc.pruning(None, granularity="2:4", select=LAYERS_ONLY),
         lc.fake_quantization(4, learned_scale=True, select=LAYERS_ONLY),
