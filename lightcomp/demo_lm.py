@@ -57,7 +57,7 @@ class LMDemoConfig:
       progress: print a line per result as it is measured (the command's output).
     """
 
-    steps: int = 300
+    steps: int = 400
     seed: int = 0
     out: str = "char_lm.lcpk"
     bits: int = 4
