@@ -61,7 +61,25 @@ def _lm(quick: bool):
     n_calib = 8 if quick else 32
     calib = [jnp.asarray(P.windows(train, seq, n_calib, seed=s)[:, :-1]) for s in (1, 2)]
     ppl = lambda p: P.perplexity(apply, p, held, seq_len=seq)
-    return apply, params, calib, ppl, secs
+    return apply, params, calib, ppl, secs, (train, seq)
+
+
+def _sparsegpt_settings(apply, params, ppl, dense, mag, data):
+    """SparseGPT 50% at the paper's settings (block 128, dampening 0.01, sequential) with more
+    calibration windows: the increase over float as a fraction of magnitude's."""
+    train, seq = data
+    lines = [
+        "| SparseGPT 50%, block 128, damp 0.01, sequential | perplexity | increase / magnitude's |",
+        "|---|---|---|",
+    ]
+    for n in (64, 256):
+        calib = [
+            jnp.asarray(P.windows(train, seq, 32, seed=100 + s)[:, :-1]) for s in range(n // 32)
+        ]
+        out = P.sparsegpt(apply, params, calib, 0.5, blocksize=128, dampening=0.01, select=SELECT)
+        p = ppl(out)
+        lines.append(f"| {n} windows of {seq} | {p:.3f} | {(p - dense) / (mag - dense):.2f} |")
+    return lines
 
 
 def _methods(quick: bool):
@@ -179,8 +197,18 @@ def main():
     parser.add_argument(
         "--qwix-python", default="/work/venvs/qwix/bin/python", help="python of qwix's venv"
     )
+    parser.add_argument(
+        "--part",
+        choices=("all", "methods", "widths", "qwix"),
+        default="all",
+        help="run one part only: widths (no LM), methods, or qwix (GPTQ against qwix's, then "
+        "SparseGPT 50%% at the paper's settings with more calibration windows)",
+    )
     args = parser.parse_args()
-    apply, params, calib, ppl, train_s = _lm(args.quick)
+    if args.part == "widths":
+        print("\n".join(_widths(args.quick)[0]))
+        return 0
+    apply, params, calib, ppl, train_s, data = _lm(args.quick)
     dense = ppl(params)
     n_layers = len(P.grams(apply, params, calib[:1], select=SELECT))
     print(
@@ -188,13 +216,24 @@ def main():
         f"{n_layers} layers compressed (all but the head)"
     )
     results = {}
+    if args.part == "qwix":  # and SparseGPT at the paper's settings, from the same model
+        print("\n".join(_qwix(args, apply, params, calib, ppl, dense)[0]), flush=True)
+        mag = ppl(P.magnitude(apply, params, calib, 0.5, select=SELECT))
+        print(f"magnitude 50%: {mag:.3f}")
+        print("\n".join(_sparsegpt_settings(apply, params, ppl, dense, mag, data)))
+        return 0
     for name, setting, fn in _methods(args.quick):
         out, secs = _timed(lambda fn=fn: fn(apply, params, calib))
         results[(name, setting)] = (ppl(out), secs / n_layers)
         print(f"  {name} {setting}: {results[(name, setting)][0]:.3f}", flush=True)
-    width_lines, widths = _widths(args.quick)
+    if not args.quick:
+        mag = results[("magnitude", "50%")][0]
+        print("\n".join(_sparsegpt_settings(apply, params, ppl, dense, mag, data)) + "\n")
+    width_lines, widths = ([], {}) if args.part == "methods" else _widths(args.quick)
     print("\n".join(width_lines) + "\n")
-    qwix_lines, qwix_rows = _qwix(args, apply, params, calib, ppl, dense)
+    qwix_lines, qwix_rows = [], []
+    if args.part != "methods":
+        qwix_lines, qwix_rows = _qwix(args, apply, params, calib, ppl, dense)
     print("\n".join(qwix_lines) + "\n")
     _targets(results, dense, qwix_rows, widths)
     print(f"\nperplexity on held-out standard-library text (float model {dense:.3f})\n")

@@ -100,11 +100,21 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
         help="devices to run the steps on with jax.pmap (the batch of 128 is split between "
         "them; on a CPU-only machine this many host devices are created) [default: 1]",
     )
+    demo.add_argument(
+        "--model",
+        choices=("mlp", "lm"),
+        default="mlp",
+        help="mlp: the digits MLP; lm: one-shot post-training of a char-level LM "
+        "(lightcomp.demo_lm) [default: %(default)s]",
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _demo(args, console) -> int:
-    from lightcomp import demo
+    from lightcomp import demo, demo_lm
+
+    if args.model == "lm":
+        return demo_lm.command(args, console, _UsageError)
 
     module, function, _ = MODELS[args.model]
     run = getattr(importlib.import_module(module), function)

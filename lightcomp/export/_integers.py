@@ -154,10 +154,12 @@ def _integers(n, scale, idx, shape, gran, dt) -> Integers:
     amax = int(np.abs(full).max(initial=0))
     itype = np.int8 if amax <= 127 else np.int16 if amax <= 2**15 - 1 else np.int32
     kind = gran["kind"]
-    axis = gran.get("axis") if kind != "tensor" else None
+    kept = tuple(gran["axes"]) if "axes" in gran else (gran.get("axis"),)  # "axes": several
+    kept = tuple(a for a in kept if a is not None) if kind != "tensor" else ()
+    axis = kept[0] if len(kept) == 1 else (kept or None)
     size, gaxis = (gran["size"], gran["gaxis"]) if kind == "group" else (None, None)
     scale_shape = tuple(
-        (shape[i] // size if i == gaxis else shape[i] if i == axis else 1)
+        (shape[i] // size if i == gaxis else shape[i] if i in kept else 1)
         for i in range(len(shape))
     )
     if kind == "tensor":

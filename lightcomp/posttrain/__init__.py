@@ -17,9 +17,12 @@ Sequential mode (the default, as in the papers) calibrates each group of layers 
 model whose earlier layers are already compressed. ``return_state=True`` also returns the
 compression state the transforms use (a `lightcomp.PruningState`'s masks, a
 `lightcomp.FakeQuantState`'s grid), so a short ``lc.train.make_step`` distillation can
-recover accuracy while keeping both. Layers inside ``nn.scan`` / ``nnx.scan`` / vmap are
-not seen (unroll them), and an ``apply_fn`` already wrapped in ``jax.jit`` is not traced
-anew: pass the plain function.
+recover accuracy while keeping both (build those transforms with the same ``select``:
+its leaves must all be compressed layers, so an embedding is left out by name). A scanned stack (``nn.scan``, or blocks made by
+``nnx.vmap`` and run by ``nnx.scan``; kernels ``[layers, ...]``) is seen layer by layer:
+every slice is a layer of its own, with its own Gram matrix, counts and grid, compressed
+in the same order as the unrolled model. An ``apply_fn`` already wrapped in ``jax.jit`` is
+not traced anew: pass the plain function.
 
 `CharLM`, `stdlib_text`, `encode`, `windows`, `train_char_lm` and `perplexity` are the small character-level
 language model the benchmark and the demo compress.

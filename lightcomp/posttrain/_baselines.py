@@ -8,6 +8,7 @@ comparisons are between like and like.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,8 @@ from lightcomp import prune, quant
 from lightcomp import tree as lt
 from lightcomp.posttrain._layers import LayerView
 from lightcomp.posttrain._obs import Grid
-from lightcomp.posttrain._sequential import LayerResult, compress
-from lightcomp.posttrain._state import check_request, precheck, state_of
+from lightcomp.posttrain._sequential import LayerResult, anonymous, compress
+from lightcomp.posttrain._state import check_request, prechecker, state_of
 from lightcomp.posttrain._targets import (
     Target,
     check_grid,
@@ -76,6 +77,17 @@ def grid_result(view: LayerView, kernel: jax.Array, w: jax.Array, grid: Grid, lo
     return LayerResult(view.from_matrix(w_hat, kernel.dtype), None, qt)
 
 
+@functools.partial(jax.jit, static_argnames=("view", "target", "scope"))
+def _magnitude(kernel, *, view, target, scope) -> LayerResult:
+    keep = view_keep(view, jnp.abs(view.to_matrix(kernel)), target, scope)
+    return masked_result(view, kernel, keep)
+
+
+@functools.partial(jax.jit, static_argnames=("view", "grid"))
+def _rtn(kernel, *, view, grid) -> LayerResult:
+    return grid_result(view, kernel, view.to_matrix(kernel), grid)
+
+
 def magnitude(
     apply_fn: Callable,
     params: PyTree,
@@ -108,8 +120,7 @@ def magnitude(
 
     def layer(view, kernel, gram):
         del gram
-        keep = view_keep(view, jnp.abs(view.to_matrix(kernel)), target, scope)
-        return masked_result(view, kernel, keep)
+        return _magnitude(kernel, view=anonymous(view), target=target, scope=scope)
 
     new, results, _ = compress(
         apply_fn,
@@ -119,9 +130,9 @@ def magnitude(
         select=select,
         sequential=False,
         needs_grams=False,
-        precheck=lambda view: precheck(view, target, None, return_state),
+        precheck=prechecker(params, target, None, return_state, select),
     )
-    return state_of(new, results, return_state, target=target, scope=scope)
+    return state_of(new, results, return_state, target=target, scope=scope, select=select)
 
 
 def rtn(
@@ -151,7 +162,7 @@ def rtn(
 
     def layer(view, kernel, gram):
         del gram
-        return grid_result(view, kernel, view.to_matrix(kernel), grid)
+        return _rtn(kernel, view=anonymous(view), grid=grid)
 
     new, results, found = compress(
         apply_fn,
@@ -161,6 +172,6 @@ def rtn(
         select=select,
         sequential=False,
         needs_grams=False,
-        precheck=lambda view: precheck(view, None, grid, return_state),
+        precheck=prechecker(params, None, grid, return_state, select),
     )
-    return state_of(new, results, return_state, grid=grid, views=found.views)
+    return state_of(new, results, return_state, grid=grid, views=found.views, select=select)

@@ -36,7 +36,9 @@ from lightcomp.posttrain._layers import (
     LayerError,
     LayerView,
     derive,
+    stacked_view,
 )
+from lightcomp.posttrain._unroll import Slices, looped_scans
 
 PyTree = Any
 WEIGHT_NAMES = ("kernel", "embedding")  # Flax's names for a layer's weight matrix
@@ -55,18 +57,22 @@ class Gram(NamedTuple):
     rows: jax.Array
 
 
+Unit = tuple[str, tuple[int, ...]]  # (kernel path, layer index in its stack; () if unstacked)
+
+
 class Plan(NamedTuple):
     """The layers a calibration found, in the order ``apply_fn`` first calls them.
 
     Attributes:
       views: kernel path -> `LayerView`.
-      groups: lists of kernel paths; the layers of a group read the same input array
-        (the query, key and value projections of an attention), so a sequential pass
-        compresses them together.
+      groups: lists of units ``(kernel path, layer index)``, the index ``()`` for an
+        unstacked kernel and one int per enclosing scan for a layer of a scanned stack; the
+        layers of a group read the same input array (the query, key and value projections
+        of an attention), so a sequential pass compresses them together.
     """
 
     views: dict[str, LayerView]
-    groups: list[list[str]]
+    groups: list[list[Unit]]
 
 
 def as_batches(calib_inputs: Any) -> list[Any]:
@@ -96,32 +102,48 @@ class _Recorder:
 
     def __init__(self, wanted: frozenset[str] | None, compute: bool):
         self.ids: dict[int, str] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.slices = Slices()
         self.wanted = wanted
         self.compute = compute
         self.views: dict[str, LayerView] = {}
-        self.groups: dict[int, list[str]] = {}
-        self.sums: dict[str, tuple[jax.Array, jax.Array]] = {}
+        self.depth: dict[str, int] = {}  # path -> the number of scans around its layer
+        self.groups: dict[int, list[Unit]] = {}
+        self.sums: dict[Unit, tuple[jax.Array, jax.Array]] = {}
         self.owners: dict[str, str] = {}  # leaf path -> type of an unknown module using it
 
     def layer(self, module, x, args, kwargs, kernel) -> None:
-        path = self.ids.get(id(kernel))
-        if path is None or (self.wanted is not None and path not in self.wanted):
-            return  # not a leaf of params (inside a lifted transform), or not chosen
-        view, rows = derive(module, x, args, kwargs, path, tuple(kernel.shape))
+        found = self.slices.resolve(kernel, self.ids)
+        if found is None or (self.wanted is not None and found[0] not in self.wanted):
+            return  # not a leaf of params nor a slice of one, or not chosen
+        path, index = found
+        inner, rows = derive(module, x, args, kwargs, path, tuple(kernel.shape))
+        view = stacked_view(inner, self.shapes[path], len(index))
         old = self.views.setdefault(path, view)
         if old != view:
             raise LayerError(f"layer {path!r} is called with inputs of two different layouts")
+        self.depth[path] = len(index)
+        unit = (path, index)
         group = self.groups.setdefault(id(x), [])
-        if path not in group and not any(path in g for g in self.groups.values() if g is not group):
-            group.append(path)
+        if unit not in group and not any(unit in g for g in self.groups.values() if g is not group):
+            group.append(unit)
         if self.compute:
             r = rows.astype(jnp.float32)
             h = jnp.einsum("sni,snj->sij", r, r, precision=jax.lax.Precision.HIGHEST)
             n = jnp.asarray(r.shape[1], jnp.float32)
-            if path in self.sums:
-                h0, n0 = self.sums[path]
+            if unit in self.sums:
+                h0, n0 = self.sums[unit]
                 h, n = h0 + h, n0 + n
-            self.sums[path] = (h, n)
+            self.sums[unit] = (h, n)
+
+    def gram(self, view: LayerView) -> tuple[jax.Array, jax.Array] | None:
+        """``(H [S, I, I], rows)`` of one path, its layers stacked in index order (None when a
+        layer of it was not reached)."""
+        units = [(view.path, i) for i in np.ndindex(*view.shape[: self.depth[view.path]])]
+        if any(u not in self.sums for u in units):
+            return None
+        h = jnp.concatenate([self.sums[u][0] for u in units], axis=0)
+        return h, self.sums[units[0]][1]
 
     def other(self, module) -> None:
         """Notes the parameters of a module of another type (for the error messages)."""
@@ -159,7 +181,9 @@ def _nnx_calls(rec: _Recorder):
 def _intercepted(apply_fn, rec: _Recorder, params, inputs):
     """``apply_fn(params, inputs)`` with every layer call recorded; ``params`` are the (traced)
     leaves the layers will read, so they are what the calls are matched against."""
-    rec.ids = {id(leaf): path for path, leaf in lt.leaves_with_paths(params)}
+    items = lt.leaves_with_paths(params)
+    rec.ids = {id(leaf): path for path, leaf in items}
+    rec.shapes = {path: tuple(getattr(leaf, "shape", ())) for path, leaf in items}
 
     def linen(next_fun, args, kwargs, context):
         mod = context.module
@@ -170,7 +194,7 @@ def _intercepted(apply_fn, rec: _Recorder, params, inputs):
                 rec.other(mod)
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(linen), _nnx_calls(rec):
+    with nn.intercept_methods(linen), _nnx_calls(rec), looped_scans(rec.slices):
         return apply_fn(params, inputs)
 
 
@@ -211,8 +235,8 @@ def plan(apply_fn: Callable, params: PyTree, inputs: Any, select: lt.SelectLike 
             f"function); layers seen: {sorted(rec.views)}"
         )
     keep = set(chosen)
-    groups = [[p for p in g if p in keep] for g in rec.groups.values()]
-    views = {p: rec.views[p] for g in groups for p in g}
+    groups = [[u for u in g if u[0] in keep] for g in rec.groups.values()]
+    views = {p: rec.views[p] for g in groups for p, _ in g}
     return Plan(views, [g for g in groups if g])
 
 
@@ -225,7 +249,7 @@ def _not_reached(path: str, rec: _Recorder) -> None:
     raise ValueError(
         f"select chose {path!r}, but the calibration inputs never reach a layer that uses it "
         f"as its kernel: no call of {KNOWN} read it during apply_fn(params, calib_inputs) "
-        "(layers inside nn.scan / nnx.scan / vmap are not seen)"
+        "(layers under jax.vmap, or stacked along an axis other than 0, are not seen)"
     )
 
 
@@ -233,19 +257,23 @@ def gram_step(apply_fn: Callable, paths: Iterable[str]) -> Callable:
     """A jitted ``(sums, params, inputs) -> sums`` adding one batch's Gram matrices.
 
     ``sums`` maps each path to a `Gram` (start from `zero_grams`); it is donated, so the
-    running sums are updated in place. The step compiles once per batch shape.
+    running sums are updated in place. The step compiles once per batch shape, and is
+    shared by every method called with the same ``apply_fn`` and layers.
     """
-    wanted = frozenset(paths)
+    return _gram_step(apply_fn, frozenset(paths))
+
+
+@functools.lru_cache(maxsize=16)
+def _gram_step(apply_fn: Callable, wanted: frozenset[str]) -> Callable:
 
     def step(sums, params, inputs):
         rec = _Recorder(wanted, compute=True)
         _intercepted(apply_fn, rec, params, inputs)
-        missing = sorted(wanted - set(rec.sums))
+        new = {p: rec.gram(rec.views[p]) if p in rec.views else None for p in sums}
+        missing = sorted(p for p, g in new.items() if g is None)
         if missing:
             raise ValueError(f"this calibration batch never reaches the layers {missing}")
-        return {
-            p: Gram(g.matrix + rec.sums[p][0], g.rows + rec.sums[p][1]) for p, g in sums.items()
-        }
+        return {p: Gram(g.matrix + new[p][0], g.rows + new[p][1]) for p, g in sums.items()}
 
     return jax.jit(step, donate_argnums=0)
 

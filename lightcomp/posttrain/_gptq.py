@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -12,17 +13,18 @@ from lightcomp import quant
 from lightcomp import tree as lt
 from lightcomp._checks import check_bool
 from lightcomp.posttrain._baselines import grid_result
-from lightcomp.posttrain._calibration import Gram, matrix_case
+from lightcomp.posttrain._calibration import Gram, Plan, matrix_case
 from lightcomp.posttrain._layers import LayerView
 from lightcomp.posttrain._obs import Grid, block_size, solve
 from lightcomp.posttrain._sequential import (
     LayerResult,
+    anonymous,
     check_dampening,
     check_factor,
     checked_gram,
     compress,
 )
-from lightcomp.posttrain._state import check_request, precheck, state_of
+from lightcomp.posttrain._state import check_request, prechecker, state_of
 from lightcomp.posttrain._targets import check_blocksize, check_grid
 
 PyTree = Any
@@ -40,20 +42,23 @@ def gptq_layer(
 ) -> LayerResult:
     """GPTQ on one kernel (checked config; see `gptq`)."""
     checked_gram(view, gram, dampening)
-    w = view.to_matrix(kernel)
     width = block_size(blocksize, view.n_in, None, grid.group_size)
-    q, _, lo, hi, ok = solve(
-        w,
-        gram.matrix,
-        None,
-        jnp.float32(dampening),
-        width=width,
-        nm=None,
-        grid=grid,
-        act_order=act_order,
-    )
+    out, ok = _compute(
+        kernel, gram.matrix, jnp.float32(dampening), view=anonymous(view), grid=grid,
+        act_order=act_order, width=width,
+    )  # fmt: skip
     check_factor(view, ok, dampening)
-    return grid_result(view, kernel, q, grid, (lo, hi))
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("view", "grid", "act_order", "width"))
+def _compute(kernel, h, dampening, *, view, grid, act_order, width) -> tuple[LayerResult, Any]:
+    """The layer's solve and its result, one compiled program per layer layout."""
+    q, _, lo, hi, ok = solve(
+        view.to_matrix(kernel), h, None, dampening, width=width, nm=None, grid=grid,
+        act_order=act_order,
+    )  # fmt: skip
+    return grid_result(view, kernel, q, grid, (lo, hi)), ok
 
 
 def _checked(bits, group_size, symmetric, act_order, blocksize, dampening):
@@ -100,7 +105,7 @@ def gptq(
       dampening: ``lambda`` added to ``diag H`` as a fraction of its mean; 0 refuses a
         singular ``H``.
       return_state: also return the `lightcomp.FakeQuantState` of
-        ``lc.fake_quantization(bits, axis=-1, group_size=group_size, learned_scale=True)``
+        ``lc.fake_quantization(bits, group_size=group_size, learned_scale=True)``
         holding the grid (symmetric only; each layer's scales must be per kernel column).
 
     Returns:
@@ -147,9 +152,9 @@ def gptq(
         layer,
         select=select,
         sequential=sequential,
-        precheck=lambda view: precheck(view, None, grid, return_state),
+        precheck=prechecker(params, None, grid, return_state, select),
     )
-    return state_of(new, results, return_state, grid=grid, views=found.views)
+    return state_of(new, results, return_state, grid=grid, views=found.views, select=select)
 
 
 def gptq_matrix(
@@ -185,7 +190,7 @@ def gptq_matrix(
         bits, group_size, symmetric, act_order, blocksize, dampening
     )
     view, kernel, gram = matrix_case(w, h)
-    precheck(view, None, grid, False)
+    prechecker(None, None, grid, False)(Plan({view.path: view}, []))
     out = gptq_layer(
         view,
         kernel,

@@ -248,3 +248,37 @@ def derive(
         f"layer {path!r} is a {kind}, which has no derived input axes (lightcomp derives "
         f"them for {KNOWN})"
     )
+
+
+def stacked_view(inner: LayerView, shape: tuple[int, ...], depth: int) -> LayerView:
+    """The view of a stacked kernel of ``shape`` whose slices (``depth`` leading layer
+    axes, one per enclosing scan) each have the view ``inner``: the layer axes come first
+    among the stacked ones, so matrix ``l * S + s`` is matrix ``s`` of layer ``l``."""
+    if depth == 0:
+        return inner
+    shift = lambda axes: tuple(a + depth for a in axes)
+    return LayerView(
+        inner.path,
+        inner.kind,
+        tuple(shape),
+        tuple(range(depth)) + shift(inner.stacked),
+        shift(inner.inputs),
+        shift(inner.outputs),
+    )
+
+
+def slice_view(view: LayerView, index: tuple[int, ...]) -> LayerView:
+    """The view of one layer ``view.path[index]`` of a stacked kernel (inverse of
+    `stacked_view`); ``view`` itself for ``index == ()``."""
+    k = len(index)
+    if k == 0:
+        return view
+    unshift = lambda axes: tuple(a - k for a in axes)
+    return LayerView(
+        f"{view.path}[{', '.join(map(str, index))}]",
+        view.kind,
+        view.shape[k:],
+        unshift(view.stacked[k:]),
+        unshift(view.inputs),
+        unshift(view.outputs),
+    )

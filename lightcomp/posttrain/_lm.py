@@ -2,11 +2,13 @@
 
 Its attention is flax's ``nn.MultiHeadDotProductAttention`` (query, key, value and output
 projections are ``nn.DenseGeneral``), its MLP two ``nn.Dense``; blocks are unrolled
-(``Block_0``, ``Block_1``, ...), so every kernel is seen by the calibration.
+(``Block_0``, ``Block_1``, ...) or, with ``scan=True``, one ``nn.scan`` over a stack
+(``Blocks/Block/...`` kernels ``[layers, ...]``, each slice a layer of its own).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,16 @@ class Block(nn.Module):
         return x + nn.Dense(d, name="fc2")(nn.gelu(nn.Dense(4 * d, name="fc1")(h)))
 
 
+class _Scanned(nn.Module):
+    """`Block` as the body of ``nn.scan``: ``(x, mask) -> (x, None)``."""
+
+    heads: int
+
+    @nn.compact
+    def __call__(self, x, mask):
+        return Block(self.heads, name="Block")(x, mask), None
+
+
 class CharLM(nn.Module):
     """Character-level Transformer language model: ``int [batch, T] -> logits [batch, T, 128]``.
 
@@ -45,12 +57,15 @@ class CharLM(nn.Module):
       heads: attention heads.
       layers: blocks.
       max_len: the longest sequence (learned positions).
+      scan: one ``nn.scan`` over stacked blocks (``Blocks/Block/...``, parameters
+        ``[layers, ...]``) instead of ``Block_0``, ``Block_1``, ...
     """
 
     d_model: int = 128
     heads: int = 4
     layers: int = 2
     max_len: int = 128
+    scan: bool = False
 
     @nn.compact
     def __call__(self, tokens):
@@ -58,7 +73,16 @@ class CharLM(nn.Module):
         pos = self.param("pos", nn.initializers.normal(0.02), (self.max_len, self.d_model))
         x = nn.Embed(VOCAB, self.d_model)(tokens) + pos[:t]
         mask = nn.make_causal_mask(tokens)
-        for i in range(self.layers):
+        if self.scan:
+            stack = nn.scan(
+                _Scanned,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=nn.broadcast,
+                length=self.layers,
+            )
+            x, _ = stack(self.heads, name="Blocks")(x, mask)
+        for i in range(0 if self.scan else self.layers):
             x = Block(self.heads, name=f"Block_{i}")(x, mask)
         return nn.Dense(VOCAB, name="head")(nn.LayerNorm()(x))
 
@@ -88,7 +112,7 @@ def train_char_lm(
     model = model or CharLM(max_len=seq_len)
     steps = check_int(steps, "steps", lo=1)
     key = jax.random.key(seed)
-    params = model.init(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    params = jax.jit(model.init)(key, jnp.zeros((1, seq_len), jnp.int32))["params"]
     apply_fn = lambda p, x: model.apply({"params": p}, x)
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(steps // 20, 1), steps, lr / 20)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=0.01))
@@ -112,6 +136,12 @@ def next_char_loss(apply_fn: Callable, params: PyTree, w: jax.Array) -> jax.Arra
     return distill.cross_entropy(logits.reshape(-1, VOCAB), w[:, 1:].reshape(-1))
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_loss(apply_fn: Callable) -> Callable:
+    """One compiled `next_char_loss` per ``apply_fn`` (perplexities of many results share it)."""
+    return jax.jit(lambda p, w: next_char_loss(apply_fn, p, w))
+
+
 def perplexity(
     apply_fn: Callable, params: PyTree, tokens: np.ndarray, *, seq_len: int = 128, batch: int = 64
 ) -> float:
@@ -129,7 +159,7 @@ def perplexity(
     """
     n = (len(tokens) - 1) // seq_len
     w = np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)])
-    loss = jax.jit(lambda p, w: next_char_loss(apply_fn, p, w))
+    loss = _jitted_loss(apply_fn)
     total = 0.0
     for i in range(0, n, batch):
         part = w[i : i + batch]

@@ -11,11 +11,14 @@ sequential pass re-runs it with the current parameters.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lightcomp import tree as lt
@@ -29,7 +32,7 @@ from lightcomp.posttrain._calibration import (
     gram_step,
     plan,
 )
-from lightcomp.posttrain._layers import LayerView
+from lightcomp.posttrain._layers import LayerView, slice_view
 
 PyTree = Any
 
@@ -50,6 +53,12 @@ class LayerResult(NamedTuple):
 
 
 LayerFn = Callable[[LayerView, jax.Array, Gram | None], LayerResult]
+
+
+def anonymous(view: LayerView) -> LayerView:
+    """``view`` without its path: the static key of a compiled layer computation, shared by
+    every layer (and every slice of a stack) of that layout."""
+    return dataclasses.replace(view, path="")
 
 
 def check_dampening(dampening: Any) -> float:
@@ -105,7 +114,7 @@ def compress(
     select: lt.SelectLike,
     sequential: bool,
     needs_grams: bool = True,
-    precheck: Callable[[LayerView], None] | None = None,
+    precheck: Callable[[Plan], None] | None = None,
 ) -> tuple[PyTree, dict[str, LayerResult], Plan]:
     """Runs ``layer_fn`` on every selected layer; returns ``(params, results, plan)``.
 
@@ -117,8 +126,8 @@ def compress(
       select: as `lightcomp.posttrain.grams`.
       sequential: each group of layers calibrated on the partly compressed model.
       needs_grams: False for methods that read only the weights (no calibration pass).
-      precheck: called on every layer's `LayerView` once the layers are found and before
-        any work, to refuse a configuration a layer cannot take.
+      precheck: called on the `Plan` once the layers are found and before any work, to
+        refuse a configuration a layer cannot take.
 
     Returns:
       The parameters with every selected kernel replaced, ``{path: LayerResult}``, and the
@@ -128,21 +137,45 @@ def compress(
     sequential = check_bool(sequential, "sequential")
     batches = as_batches(calib_inputs)
     found = plan(apply_fn, params, batches[0], select)
-    for view in found.views.values():
-        if precheck is not None:
-            precheck(view)
+    if precheck is not None:
+        precheck(found)
     items = lt.leaves_with_paths(params)
     treedef = jax.tree.structure(params)
     leaves = dict(items)
     step = gram_step(apply_fn, found.views) if needs_grams else None
-    groups = found.groups if sequential and needs_grams else [list(found.views)]
-    results: dict[str, LayerResult] = {}
+    groups = found.groups if sequential and needs_grams else [[u for g in found.groups for u in g]]
+    parts: dict[str, dict[tuple[int, ...], LayerResult]] = {}
+    work = dict(leaves)  # the kernels as compressed so far
     current = params
     for group in groups:
         sums = accumulate(step, current, batches, found.views) if needs_grams else {}
-        for path in group:
-            results[path] = layer_fn(found.views[path], leaves[path], sums.get(path))
-        current = jax.tree.unflatten(
-            treedef, [results[p].kernel if p in results else leaf for p, leaf in items]
-        )
+        for path, index in group:
+            view = found.views[path]
+            one = layer_fn(slice_view(view, index), leaves[path][index], _slice(sums, view, index))
+            parts.setdefault(path, {})[index] = one
+            work[path] = work[path].at[index].set(one.kernel) if index else one.kernel
+        current = jax.tree.unflatten(treedef, [work[p] for p, _ in items])
+    results = {p: _stacked(found.views[p], r) for p, r in parts.items()}
     return current, results, found
+
+
+def _slice(sums: dict[str, Gram], view: LayerView, index: tuple[int, ...]) -> Gram | None:
+    """The Gram matrices of layer ``index`` of a stacked kernel (all of them for ``()``)."""
+    gram = sums.get(view.path)
+    if gram is None or not index:
+        return gram
+    layers = view.shape[: len(index)]
+    per = view.n_stacked // math.prod(layers)
+    at = int(np.ravel_multi_index(index, layers)) * per
+    return Gram(gram.matrix[at : at + per], gram.rows)
+
+
+def _stacked(view: LayerView, parts: dict[tuple[int, ...], LayerResult]) -> LayerResult:
+    """One kernel's `LayerResult` from those of its layers (in index order)."""
+    if list(parts) == [()]:
+        return parts[()]
+    order = [parts[i] for i in sorted(parts)]
+    stack = lambda xs: None if xs[0] is None else jnp.stack(xs).reshape(view.shape)
+    grids = [r.grid for r in order]
+    grid = None if grids[0] is None else jax.tree.map(lambda *g: jnp.concatenate(g), *grids)
+    return LayerResult(stack([r.kernel for r in order]), stack([r.keep for r in order]), grid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -12,17 +13,18 @@ import numpy as np
 from lightcomp import prune
 from lightcomp import tree as lt
 from lightcomp.posttrain._baselines import grid_result
-from lightcomp.posttrain._calibration import Gram, matrix_case
+from lightcomp.posttrain._calibration import Gram, Plan, matrix_case
 from lightcomp.posttrain._layers import LayerView
 from lightcomp.posttrain._obs import Grid, block_counts, block_size, fractions, solve
 from lightcomp.posttrain._sequential import (
     LayerResult,
+    anonymous,
     check_dampening,
     check_factor,
     checked_gram,
     compress,
 )
-from lightcomp.posttrain._state import check_request, precheck, state_of
+from lightcomp.posttrain._state import check_request, prechecker, state_of
 from lightcomp.posttrain._targets import Target, check_blocksize, check_grid, check_target
 
 PyTree = Any
@@ -53,19 +55,30 @@ def sparsegpt_layer(
 ) -> LayerResult:
     """SparseGPT on one kernel (checked config; see `sparsegpt`)."""
     checked_gram(view, gram, dampening)
-    w = view.to_matrix(kernel)
     nm = target if isinstance(target, prune.NM) else None
     width = block_size(blocksize, view.n_in, nm.m if nm else None, grid and grid.group_size)
-    frac = None if nm else jnp.asarray(slice_fractions(target, w.shape, width))
-    q, pruned, lo, hi, ok = solve(
-        w, gram.matrix, frac, jnp.float32(dampening), width=width, nm=nm, grid=grid, act_order=False
-    )
+    shape = (view.n_stacked, view.n_out, view.n_in)
+    frac = None if nm else jnp.asarray(slice_fractions(target, shape, width))
+    out, ok = _compute(
+        kernel, gram.matrix, frac, jnp.float32(dampening), view=anonymous(view), nm=nm, grid=grid,
+        width=width,
+    )  # fmt: skip
     check_factor(view, ok, dampening)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("view", "nm", "grid", "width"))
+def _compute(kernel, h, frac, dampening, *, view, nm, grid, width) -> tuple[LayerResult, Any]:
+    """The layer's solve and its result, one compiled program per layer layout."""
+    q, pruned, lo, hi, ok = solve(
+        view.to_matrix(kernel), h, frac, dampening, width=width, nm=nm, grid=grid, act_order=False
+    )
     keep = view.from_matrix(~pruned, bool)
     if grid is None:
-        return LayerResult(view.from_matrix(q, kernel.dtype), keep, None)
+        return LayerResult(view.from_matrix(q, kernel.dtype), keep, None), ok
     out = grid_result(view, kernel, q, grid, (lo, hi))
-    return out._replace(kernel=jnp.where(keep, out.kernel, jnp.zeros((), kernel.dtype)), keep=keep)
+    zero = jnp.zeros((), kernel.dtype)
+    return out._replace(kernel=jnp.where(keep, out.kernel, zero), keep=keep), ok
 
 
 def sparsegpt(
@@ -114,7 +127,7 @@ def sparsegpt(
         pruned (the papers' order); False: one calibration pass on the dense model.
       return_state: also return the state of ``lc.pruning(sparsity, granularity=...)``
         holding the masks (with ``bits``: ``(pruning state, fake_quantization state)`` for
-        ``lc.chain(lc.pruning(...), lc.fake_quantization(bits, axis=-1,
+        ``lc.chain(lc.pruning(...), lc.fake_quantization(bits,
         group_size=group_size, learned_scale=True))``).
 
     Returns:
@@ -160,9 +173,11 @@ def sparsegpt(
         layer,
         select=select,
         sequential=sequential,
-        precheck=lambda view: precheck(view, target, grid, return_state),
+        precheck=prechecker(params, target, grid, return_state, select),
     )
-    return state_of(new, results, return_state, target=target, grid=grid, views=found.views)
+    return state_of(
+        new, results, return_state, target=target, grid=grid, views=found.views, select=select
+    )
 
 
 def sparsegpt_matrix(
@@ -195,7 +210,7 @@ def sparsegpt_matrix(
     blocksize = check_blocksize(blocksize)
     dampening = check_dampening(dampening)
     view, kernel, gram = matrix_case(w, h)
-    precheck(view, target, None, False)
+    prechecker(None, target, None, False)(Plan({view.path: view}, []))
     out = sparsegpt_layer(
         view, kernel, gram, target=target, grid=None, blocksize=blocksize, dampening=dampening
     )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from lightcomp import tree as lt
 from lightcomp.posttrain._baselines import masked_result, view_keep
-from lightcomp.posttrain._sequential import checked_gram, compress
-from lightcomp.posttrain._state import check_request, precheck, state_of
+from lightcomp.posttrain._sequential import anonymous, checked_gram, compress
+from lightcomp.posttrain._state import check_request, prechecker, state_of
 from lightcomp.posttrain._targets import check_scope, check_target
 
 PyTree = Any
@@ -20,6 +22,12 @@ def wanda_scores(w: jnp.ndarray, gram_matrix: jnp.ndarray) -> jnp.ndarray:
     """``|W_ij| * ||X_j||_2`` for matrices ``[S, O, I]`` and Grams ``[S, I, I]`` (float32)."""
     norms = jnp.sqrt(jnp.diagonal(gram_matrix, axis1=-2, axis2=-1))
     return jnp.abs(w) * norms[:, None, :]
+
+
+@functools.partial(jax.jit, static_argnames=("view", "target", "scope"))
+def _wanda(kernel, h, *, view, target, scope):
+    scores = wanda_scores(view.to_matrix(kernel), h)
+    return masked_result(view, kernel, view_keep(view, scores, target, scope))
 
 
 def wanda(
@@ -70,8 +78,7 @@ def wanda(
 
     def layer(view, kernel, gram):
         checked_gram(view, gram, None)
-        scores = wanda_scores(view.to_matrix(kernel), gram.matrix)
-        return masked_result(view, kernel, view_keep(view, scores, target, scope))
+        return _wanda(kernel, gram.matrix, view=anonymous(view), target=target, scope=scope)
 
     new, results, _ = compress(
         apply_fn,
@@ -80,6 +87,6 @@ def wanda(
         layer,
         select=select,
         sequential=sequential,
-        precheck=lambda view: precheck(view, target, None, return_state),
+        precheck=prechecker(params, target, None, return_state, select),
     )
-    return state_of(new, results, return_state, target=target, scope=scope)
+    return state_of(new, results, return_state, target=target, scope=scope, select=select)

@@ -40,7 +40,7 @@ class NnxZoo(nnx.Module):
         return self.out(x.mean(axis=1))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def zoo():
     """``(apply, params, batches)`` of the linen `Zoo`."""
     model = Zoo()
@@ -49,7 +49,7 @@ def zoo():
     return (lambda p, x: model.apply({"params": p}, x)), params, list(xs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def nnx_zoo():
     """``(apply, params, batches)`` of the nnx `NnxZoo` (split once; the module is not touched)."""
     graphdef, params, rest = nnx.split(NnxZoo(nnx.Rngs(0)), nnx.Param, ...)
@@ -57,7 +57,7 @@ def nnx_zoo():
     return (lambda p, x: nnx.merge(graphdef, p, rest)(x)), params, list(xs)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlp_task():
     """A small MLP trained for a moment on a fixed regression-like classification task."""
     import optax
