@@ -12,11 +12,18 @@ import sys
 
 __all__ = ["MODELS", "main"]
 
-# ``--model`` name -> (module, function, help): ``function(cfg: demo.DemoConfig, on_stage)``
-# returns the dict `lightcomp.demo.run` documents; the module is imported only when run.
+# ``--model`` name -> (module, function, help): ``run(cfg: demo.DemoConfig, on_stage)``, or
+# ``command(args, console, usage_error)`` for a demo with its own options and table;
+# ``run`` returns the dict `lightcomp.demo.run` documents; a module is imported only when run.
 MODELS = {
     "mlp": ("lightcomp.demo", "run", "a 512-256 perceptron"),
     "cnn": ("lightcomp.demo_cnn", "run", "two convs with BatchNorm, folded after pruning"),
+    "lm": (
+        "lightcomp.demo_lm",
+        "command",
+        "a char-level Transformer LM on the standard library's source, one-shot SparseGPT 2:4 "
+        "+ GPTQ, then distilled (reads --steps, --seed, --out, --bits, --quiet)",
+    ),
 }
 
 
@@ -68,8 +75,8 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--bits",
         type=int,
-        default=3,
-        help="bit width of the weights in the quantize stage, 2..16 [default: %(default)s]",
+        default=None,
+        help="bit width of the weights in the quantize stage, 2..16 [default: 3; lm: 4]",
     )
     demo.add_argument(
         "--clusters",
@@ -100,27 +107,19 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
         help="devices to run the steps on with jax.pmap (the batch of 128 is split between "
         "them; on a CPU-only machine this many host devices are created) [default: 1]",
     )
-    demo.add_argument(
-        "--model",
-        choices=("mlp", "lm"),
-        default="mlp",
-        help="mlp: the digits MLP; lm: one-shot post-training of a char-level LM "
-        "(lightcomp.demo_lm) [default: %(default)s]",
-    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _demo(args, console) -> int:
-    from lightcomp import demo, demo_lm
-
-    if args.model == "lm":
-        return demo_lm.command(args, console, _UsageError)
+    from lightcomp import demo
 
     module, function, _ = MODELS[args.model]
     run = getattr(importlib.import_module(module), function)
+    if function == "command":  # a demo with its own options and table
+        return run(args, console, _UsageError)
     cfg = demo.DemoConfig(
         sparsity=args.sparsity,
-        bits=args.bits,
+        bits=3 if args.bits is None else args.bits,
         clusters=args.clusters,
         steps=args.steps,
         seed=args.seed,

@@ -263,12 +263,11 @@ def command(args: Any, console: Any, usage_error: type[Exception]) -> int:
     """``lightcomp demo --model lm``: runs `run` with ``--steps``, ``--seed``, ``--out``,
     ``--bits`` and ``--quiet``, prints the table; exit status 0 when the file unpacks
     bit-exact and the masks were kept."""
-    out = "char_lm.lcpk" if args.out == "digits_mlp.lcpk" else args.out  # the MLP's default
     cfg = LMDemoConfig(
         steps=args.steps,
         seed=args.seed,
-        out=out,
-        bits=args.bits if args.bits != 3 else LMDemoConfig.bits,  # 3: the MLP's default
+        out="char_lm.lcpk" if args.out is None else args.out,
+        bits=LMDemoConfig.bits if args.bits is None else args.bits,
         progress=not args.quiet,
     )
     try:
