@@ -42,14 +42,10 @@ def compress(codec: str, data: bytes) -> bytes:
     """``data`` compressed by a standard-library codec: zlib level 9, or lzma's xz format.
 
     Data longer than `ZLIB_PIECE` are zlib'd in pieces on threads (`_zlib_pieces`); the
-    result is one standard zlib stream either way. lzma's dictionary is sized to the data
-    (64 KiB to 8 MiB): the same bytes out, without the ~90 MB that preset 6's 8 MiB
-    dictionary costs the encoder on every call.
+    result is one standard zlib stream either way.
     """
-    if codec == "lzma":  # xz's preset 6 with a dictionary no larger than the data
-        size = min(1 << 23, max(1 << 16, 1 << max(len(data) - 1, 1).bit_length()))
-        filters = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": size}]
-        return lzma.compress(data, lzma.FORMAT_XZ, filters=filters)
+    if codec == "lzma":
+        return lzma.compress(data, lzma.FORMAT_XZ)
     return zlib.compress(data, 9) if len(data) <= ZLIB_PIECE else _zlib_pieces(data)
 
 
