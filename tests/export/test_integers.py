@@ -102,3 +102,15 @@ def test_bad_arguments():
         export.integers(packed, 0)
     with pytest.raises(TypeError, match=r"search"):
         export.integers(packed, "w", search="no")
+
+
+@pytest.mark.parametrize("axis", [(1, 2), (0, 2)], ids=["heads x head_dim", "layers x units"])
+def test_a_scale_per_combination_of_axes_reads_back(axis):
+    # an attention kernel [embed, heads, head_dim] (or stacked [layers, ...]) with a scale per
+    # combination of its output axes: integers and scales must give the leaf back exactly
+    shape = (16, 2, 4) if axis == (1, 2) else (3, 16, 4)
+    x = RNG.normal(size=shape).astype(np.float32) * np.linspace(0.1, 3.0, shape[-1])
+    w = quant.fake_quant(jnp.asarray(x, jnp.float32), 4, axis=axis)
+    ints = export.integers(export.pack({"attn": {"kernel": w}}), "attn/kernel")
+    assert ints is not None and ints.bits == 4
+    np.testing.assert_array_equal(_dequantized(ints), np.asarray(w))
