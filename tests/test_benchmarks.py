@@ -1,5 +1,8 @@
 """The benchmark suite keeps working: every ``benchmarks/bench_*.py --quick`` and ``run_all.py``.
 
+The quick runs are marked ``bench`` and left out of the default run (they take minutes
+of CPU, beyond the suite's time budget): ``python -m pytest -m bench tests/test_benchmarks.py``.
+
 Each benchmark runs in its own process, as a user runs it; the test checks that
 it exits 0 and prints a table last (Markdown, or a rich table). ``bench_peers``
 runs with an empty peers directory, so it must say that the peers are not
@@ -79,6 +82,7 @@ def quick_runs(tmp_path_factory):
         return dict(zip([p.stem for p in SCRIPTS], pool.map(one, SCRIPTS), strict=True))
 
 
+@pytest.mark.bench  # minutes of CPU: `python -m pytest -m bench tests/test_benchmarks.py`
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
 def test_benchmark_quick_mode(script, quick_runs):
     proc = quick_runs[script.stem]

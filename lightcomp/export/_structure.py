@@ -81,6 +81,8 @@ def _children(skel: Any, what: str) -> list:
         raise ValueError(f"{what} must hold [key, child] pairs with string or integer keys")
     if len({k for k, _ in pairs}) != len(pairs):
         raise ValueError(f"{what} repeats a key")
+    if len({type(k) for k, _ in pairs}) > 1:  # JAX sorts a dict's keys: one type per node
+        raise ValueError(f"{what} mixes string and integer keys")
     return [c for _, c in pairs]
 
 

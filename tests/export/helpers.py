@@ -45,7 +45,7 @@ def every_encoding_params() -> dict:
         ),
         "zeros": np.zeros((3, 5), np.float32),
         "ints": np.arange(300, dtype=np.int32) % 7,
-        "lz": np.tile(rng.integers(0, 1000, 1500).astype(np.int32), 4),
+        "lz": np.tile(rng.integers(0, 1000, 1000).astype(np.int32), 4),  # <= 4096: lzma tried
         "rep": np.tile(np.arange(100, dtype=np.float32), 10) * np.float32(0.37),
         "flags": rng.random(20) < 0.5,
         "seq": [np.ones(3, np.float32), (np.float32(2.0),)],

@@ -114,10 +114,14 @@ def _nodes(doc, prefix=()):
 
 
 def _set(doc, path, value):
+    """``doc`` at ``path`` set to ``value``; nothing when an earlier set replaced a container
+    on that path (the path is gone)."""
     node = doc
-    for k in path[:-1]:
-        node = node[k]
-    node[path[-1]] = value
+    for k in path:
+        if not (k in node if isinstance(node, dict) else isinstance(node, list) and k < len(node)):
+            return
+        parent, node = node, node[k]
+    parent[path[-1]] = value
 
 
 @settings(
