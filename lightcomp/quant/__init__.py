@@ -50,6 +50,7 @@ from lightcomp.quant._int_dot import (
     int_dot_general,
     pack_int4,
 )
+from lightcomp.quant._int_forward import einsum_dims, einsum_parts
 from lightcomp.quant._layout import Layout, layout
 from lightcomp.quant._lsq import lsq_fake_quant, lsq_init_scale
 from lightcomp.quant._nnx import FakeQuantInputs, wrap_nnx
@@ -70,6 +71,8 @@ __all__ = [
     "check_bits",
     "dequantize",
     "dequantize_grads",
+    "einsum_dims",
+    "einsum_parts",
     "ema_range_init",
     "ema_range_update",
     "fake_quant",

@@ -14,9 +14,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import opt_einsum
 from flax import nnx
 from flax.linen.linear import canonicalize_padding
 from jax import lax
@@ -175,21 +173,12 @@ def einsum(mod, path, x, kernel, bias, act, rng, einsum_str=None):
     """``nn.Einsum`` / ``nnx.Einsum``: a two-operand einsum as one integer ``dot_general``."""
     eq = (einsum_str if einsum_str is not None else mod.einsum_str).replace(" ", "")
     shape = tuple(_attr(mod, "shape", "kernel_shape"))
-    ops, out, _ = opt_einsum.parser.parse_einsum_input((eq, x, jax.ShapeDtypeStruct(shape, "f4")))
-    a, b = ops.split(",")
-    stray = [c for c in a + b if c not in out and not (c in a and c in b)]
-    if stray or len(set(a)) != len(a) or len(set(b)) != len(b):
-        raise ValueError(f"layer {path!r}: einsum {eq!r} sums an axis of one operand alone")
-    batch = [c for c in a if c in b and c in out]
-    contract = [c for c in a if c in b and c not in out]
-    order = batch + [c for c in a if c not in b] + [c for c in b if c not in a]
-    dims = (
-        (tuple(a.index(c) for c in contract), tuple(b.index(c) for c in contract)),
-        (tuple(a.index(c) for c in batch), tuple(b.index(c) for c in batch)),
-    )
+    try:  # the equation read as quant's integer forward reads it
+        _, b, out = quant.einsum_parts(eq, x.shape, shape)
+        dims, perm = quant.einsum_dims(eq, x.shape, shape)
+    except ValueError as e:
+        raise ValueError(f"layer {path!r}: {e}") from None
     kernel = _kernel(kernel, path, shape)
-    perm = tuple(order.index(c) for c in out)
-    perm = None if perm == tuple(range(len(out))) else perm
     bias_shape = tuple(shape[b.index(c)] if c in b else 1 for c in out)
     dtype = _out_dtype(mod, x, kernel, bias)
     return _contract(x, kernel, bias, dims, perm, bias_shape, dtype, act, rng, path)
