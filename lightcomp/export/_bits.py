@@ -41,7 +41,7 @@ def pack_bits(values: np.ndarray, width: int) -> bytes:
     return write_codes(v, None, width)[0]
 
 
-_CHUNK = 1 << 20  # symbols per chunk of `write_codes`: bounded work space
+_CHUNK = 1 << 15  # symbols per chunk of `write_codes`: a work space of ~2 MiB
 
 
 def write_codes(sym: np.ndarray, codes: np.ndarray | None, lengths) -> tuple[bytes, int]:
@@ -50,7 +50,7 @@ def write_codes(sym: np.ndarray, codes: np.ndarray | None, lengths) -> tuple[byt
     The bit string is built in 64-bit words: a code of at most 32 bits lies in one word
     or straddles two; codes in one word have disjoint bits, so their sum is their union
     (``np.add.reduceat``), and at most one code spills into each next word. Symbols go
-    in chunks of 2**20, so the work space is about 64 bytes per symbol of a chunk.
+    in chunks of 2**15, so the work space is about 2 MiB whatever the stream's length.
 
     Args:
       sym: symbols ``[n]`` (non-negative ints).
