@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lightcomp.cluster._inits import density_init, kmeanspp_init, linear_init, random_init
-from lightcomp.cluster._kmeans import sorted_values
+from lightcomp.cluster._lloyd import sorted_values
 
 N = 300
 _JIT = {

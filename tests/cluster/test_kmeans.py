@@ -1,4 +1,4 @@
-"""Tests for lightcomp/cluster/_kmeans.py: the 1-D k-means core, `kmeans` and `kmeans_tree`."""
+"""Tests for lightcomp/cluster/_kmeans.py: `kmeans` and `kmeans_tree`."""
 
 import functools
 
@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 
 from lightcomp import cluster
-from lightcomp.cluster._kmeans import prefix_sums, sorted_values
 
 N = 500  # one array length for most tests, so the jitted k-means compiles few times
 
@@ -239,35 +238,6 @@ def test_empty_clusters_are_refilled():
     c, a = cluster.kmeans(x, 16, init="linear")
     assert len(np.unique(np.asarray(a))) == 16
     _assert_nearest(x, c, a)
-
-
-# --------------------------------------------------------------------------- the 1-D core
-
-
-@pytest.mark.parametrize("preserve_zeros", [False, True])
-def test_sorted_values_match_numpy(preserve_zeros):
-    x = _data(8, n=64)
-    x[::3] = 0.0
-    x[1] = -0.0
-    # the core runs inside the jitted fit only, so it is checked jitted
-    xs, m = jax.jit(sorted_values, static_argnums=1)(jnp.asarray(x), preserve_zeros)
-    kept = x[x != 0] if preserve_zeros else x
-    want = np.concatenate([np.sort(kept), np.full(x.size - kept.size, np.inf, np.float32)])
-    np.testing.assert_array_equal(xs, want)
-    assert int(m) == kept.size
-
-
-def test_prefix_sums_are_accurate():
-    xs = jnp.sort(jnp.asarray(np.random.default_rng(0).standard_normal(200_000), jnp.float32))
-    edges = np.linspace(0, xs.shape[0], 65).astype(int)
-    want = np.add.reduceat(np.asarray(xs, np.float64), edges[:-1])
-    for fn in (prefix_sums, jax.jit(prefix_sums)):
-        hi, lo = fn(xs)
-        chex.assert_shape((hi, lo), (xs.shape[0] + 1,))
-        got = np.diff(np.asarray(hi, np.float64)[edges]) + np.diff(
-            np.asarray(lo, np.float64)[edges]
-        )
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-3)
 
 
 @settings(max_examples=20, deadline=None)
