@@ -64,7 +64,7 @@ def _lm(quick: bool):
     return apply, params, calib, ppl, secs, (train, seq)
 
 
-def _sparsegpt_settings(apply, params, ppl, dense, mag, data):
+def _sparsegpt_settings(apply, params, ppl, dense, mag, data, windows=(64, 256)):
     """SparseGPT 50% at the paper's settings (block 128, dampening 0.01, sequential) with more
     calibration windows: the increase over float as a fraction of magnitude's."""
     train, seq = data
@@ -72,7 +72,7 @@ def _sparsegpt_settings(apply, params, ppl, dense, mag, data):
         "| SparseGPT 50%, block 128, damp 0.01, sequential | perplexity | increase / magnitude's |",
         "|---|---|---|",
     ]
-    for n in (64, 256):
+    for n in windows:
         calib = [
             jnp.asarray(P.windows(train, seq, 32, seed=100 + s)[:, :-1]) for s in range(n // 32)
         ]
@@ -199,12 +199,21 @@ def main():
     )
     parser.add_argument(
         "--part",
-        choices=("all", "methods", "widths", "qwix"),
+        choices=("all", "methods", "widths", "qwix", "sparsegpt"),
         default="all",
         help="run one part only: widths (no LM), methods, or qwix (GPTQ against qwix's, then "
-        "SparseGPT 50%% at the paper's settings with more calibration windows)",
+        "SparseGPT 50%% at the paper's settings with more calibration windows), or sparsegpt "
+        "(that last table alone)",
+    )
+    parser.add_argument(
+        "--windows",
+        default="64,256",
+        help="calibration window counts (multiples of 32) of the SparseGPT-settings table",
     )
     args = parser.parse_args()
+    windows = tuple(int(w) for w in args.windows.split(","))
+    if any(w < 32 or w % 32 for w in windows):
+        parser.error(f"--windows: multiples of 32, got {args.windows!r}")
     if args.part == "widths":
         print("\n".join(_widths(args.quick)[0]))
         return 0
@@ -216,11 +225,12 @@ def main():
         f"{n_layers} layers compressed (all but the head)"
     )
     results = {}
-    if args.part == "qwix":  # and SparseGPT at the paper's settings, from the same model
-        print("\n".join(_qwix(args, apply, params, calib, ppl, dense)[0]), flush=True)
+    if args.part in ("qwix", "sparsegpt"):  # and SparseGPT at the paper's settings
+        if args.part == "qwix":
+            print("\n".join(_qwix(args, apply, params, calib, ppl, dense)[0]), flush=True)
         mag = ppl(P.magnitude(apply, params, calib, 0.5, select=SELECT))
         print(f"magnitude 50%: {mag:.3f}")
-        print("\n".join(_sparsegpt_settings(apply, params, ppl, dense, mag, data)))
+        print("\n".join(_sparsegpt_settings(apply, params, ppl, dense, mag, data, windows)))
         return 0
     for name, setting, fn in _methods(args.quick):
         out, secs = _timed(lambda fn=fn: fn(apply, params, calib))
@@ -228,7 +238,7 @@ def main():
         print(f"  {name} {setting}: {results[(name, setting)][0]:.3f}", flush=True)
     if not args.quick:
         mag = results[("magnitude", "50%")][0]
-        print("\n".join(_sparsegpt_settings(apply, params, ppl, dense, mag, data)) + "\n")
+        print("\n".join(_sparsegpt_settings(apply, params, ppl, dense, mag, data, windows)) + "\n")
     width_lines, widths = ([], {}) if args.part == "methods" else _widths(args.quick)
     print("\n".join(width_lines) + "\n")
     qwix_lines, qwix_rows = [], []
