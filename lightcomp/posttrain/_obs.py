@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lightcomp import prune, quant
+from lightcomp.posttrain._factor import inverse_factor, pad, prepare
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -54,39 +55,6 @@ class Grid:
 
     def n_groups(self, n_cols: int) -> int:
         return 1 if self.group_size is None else -(-n_cols // self.group_size)
-
-
-def prepare(w: jax.Array, h: jax.Array, dampening: float) -> tuple[jax.Array, jax.Array]:
-    """Dead inputs (``diag H == 0``) get ``H_jj = 1`` and zero weights; then the dampening.
-
-    Args:
-      w: float32 ``[O, I]``.
-      h: float32 ``[I, I]``.
-      dampening: ``lambda`` as a fraction of the mean of ``diag H``, added to the diagonal.
-
-    Returns:
-      ``(w, h)``.
-    """
-    diag = jnp.diagonal(h)
-    dead = diag == 0
-    h = h + jnp.diag(dead.astype(h.dtype))
-    w = jnp.where(dead[None, :], 0.0, w)
-    lam = dampening * jnp.mean(jnp.diagonal(h))
-    return w, h + lam * jnp.eye(h.shape[0], dtype=h.dtype)
-
-
-def inverse_factor(h: jax.Array) -> jax.Array:
-    """The upper Cholesky factor ``U`` of ``H^-1`` (``H^-1 = U^T U``), float32 ``[I, I]``.
-
-    With ``J`` the reversal, ``J H J = L L^T`` gives ``H = R R^T`` for the upper ``R = J L J``,
-    so ``U = R^-1``: one Cholesky and one triangular solve, no explicit inverse. NaN when
-    ``H`` is not positive definite.
-    """
-    n = h.shape[0]
-    rev = h[::-1, ::-1]
-    low = jnp.linalg.cholesky(rev)
-    inv = jax.scipy.linalg.solve_triangular(low, jnp.eye(n, dtype=h.dtype), lower=True)
-    return inv[::-1, ::-1]
 
 
 def block_size(blocksize: int, n_cols: int, multiple: int | None, group: int | None) -> int:
@@ -325,17 +293,6 @@ def sweep(w, u, frac, lo, hi, gidx, *, split, n_real, nm, grid):
         qs.append(q)
         masks.append(pruned)
     return jnp.concatenate(qs).T, jnp.concatenate(masks).T, lo, hi
-
-
-def pad(w: jax.Array, h: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
-    """Zero columns for ``w`` and an identity block for ``h`` up to a multiple of ``width``."""
-    n = w.shape[-1]
-    extra = -n % width
-    if not extra:
-        return w, h
-    w = jnp.pad(w, ((0, 0), (0, extra)))
-    h = jnp.pad(h, ((0, extra), (0, extra)))
-    return w, h + jnp.diag(jnp.concatenate([jnp.zeros(n), jnp.ones(extra)]).astype(h.dtype))
 
 
 def _static_ranges(w: jax.Array, grid: Grid) -> tuple[jax.Array, jax.Array]:

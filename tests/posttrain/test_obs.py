@@ -63,13 +63,6 @@ def test_gptq_with_identity_hessian_is_round_to_nearest():
     np.testing.assert_array_equal(lc.quant.dequantize(qt), rtn)
 
 
-def test_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse():
-    _, _, h = layer_data(9, cols=24)
-    u = np.asarray(_obs.inverse_factor(jnp.asarray(h, jnp.float32)), np.float64)
-    np.testing.assert_allclose(np.triu(u), u)
-    np.testing.assert_allclose(u.T @ u, np.linalg.inv(h.astype(np.float64)), rtol=2e-3, atol=1e-6)
-
-
 @pytest.mark.parametrize("counts, size", [([0, 3, 7, 64], 64), ([1, 262143, 524287], 524288)])
 def test_fractions_give_exact_counts_in_float32(counts, size):
     f = _obs.fractions(np.array(counts), size)
