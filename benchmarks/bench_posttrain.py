@@ -175,18 +175,21 @@ def _qwix(args, apply, params, calib, ppl, dense):
 
 
 def _widths(quick: bool):
-    lines = ["| layer n x n | SparseGPT 50% s | GPTQ 4-bit s |", "|---|---|---|"]
+    lines = [
+        "| layer n x n | SparseGPT 50% s | GPTQ 4-bit s | first calls (compile + run) s |",
+        "|---|---|---|---|",
+    ]
     out = {}
     for n in (256,) if quick else (256, 1024, 4096):
         r = np.random.default_rng(n)
         w = r.normal(size=(n, n)).astype(np.float32)
         x = r.normal(size=(2 * n, n)).astype(np.float32)
         h = x.T @ x
-        P.sparsegpt_matrix(w, h, 0.5)[0].block_until_ready()  # compile
+        _, s0 = _timed(lambda: P.sparsegpt_matrix(w, h, 0.5)[0])  # compiles
         _, s = _timed(lambda: P.sparsegpt_matrix(w, h, 0.5)[0])
-        P.gptq_matrix(w, h, 4).values.block_until_ready()
+        _, g0 = _timed(lambda: P.gptq_matrix(w, h, 4).values)
         _, g = _timed(lambda: P.gptq_matrix(w, h, 4).values)
-        lines.append(f"| {n} x {n} | {s:.2f} | {g:.2f} |")
+        lines.append(f"| {n} x {n} | {s:.2f} | {g:.2f} | {s0:.2f} / {g0:.2f} |")
         out[n] = (s, g)
     return lines, out
 
@@ -206,7 +209,11 @@ def main():
     )
     args = parser.parse_args()
     if args.part == "widths":
-        print("\n".join(_widths(args.quick)[0]))
+        print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        lines, widths = _widths(args.quick)
+        print("\n".join(lines))
+        _targets({}, None, [], widths)
+        print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         return 0
     apply, params, calib, ppl, train_s, data = _lm(args.quick)
     dense = ppl(params)
