@@ -6,7 +6,10 @@ quantized value ``q_j`` and the error ``(w_j - q_j) / U_jj`` is spread over the 
 not yet fixed through row ``j`` of ``U``, the upper Cholesky factor of the dampened
 inverse Hessian (``H^-1 = U^T U``). Columns go in blocks of ``B``: inside a block the
 updates are made column by column, the rest of the matrix gets them once per block
-("lazy batch updates"), which is the same arithmetic in another order.
+("lazy batch updates"), which is the same arithmetic in another order. The same holds one
+level down and one up (`Split`): the rank-1 updates touch only a panel of a few columns
+of the block, and the sweep runs in a few pieces with static shapes, so that a piece's
+errors reach only the columns after it (a finished column gets no product).
 
 Per block, SparseGPT's adaptive mask prunes the weights of lowest ``w^2 / U_jj^2``;
 for n:m, each group of ``m`` columns is chosen when its first column is reached. A grid
@@ -34,6 +37,8 @@ from lightcomp import prune, quant
 from lightcomp.posttrain._factor import inverse_factor, pad, prepare
 
 _HI = jax.lax.Precision.HIGHEST
+SUB = 16  # panel columns: a [16, O] float32 panel of a 4096-row layer is 256 KiB (cache)
+PIECES = 8  # static pieces: a few compiled copies of the block loop, <= 1/16 extra products
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +143,6 @@ class Split:
         if g is not None and g > width:
             chunk = math.lcm(chunk, g)
         return Split(width, sub, chunk)
-
-
-SUB = 16
-PIECES = 8
 
 
 def _take_range(lo, hi, rows, start, col, g):
