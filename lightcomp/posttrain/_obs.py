@@ -39,6 +39,7 @@ from lightcomp.posttrain._factor import inverse_factor, pad, prepare
 _HI = jax.lax.Precision.HIGHEST
 SUB = 16  # panel columns: a [16, O] float32 panel of a 4096-row layer is 256 KiB (cache)
 PIECES = 8  # static pieces: a few compiled copies of the block loop, <= 1/16 extra products
+PIECE = 512  # columns per piece at least: a narrower layer is one piece (less to compile)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +130,8 @@ class Split:
     def of(n_cols: int, width: int, nm: prune.NM | None, grid: Grid | None) -> Split:
         """The split of ``n_cols`` padded columns: panels of at most `SUB` columns (a multiple of
         n:m's ``m``, dividing a dynamic grid's group, else whole groups), at most `PIECES`
-        pieces (whole groups of a dynamic grid wider than a block)."""
+        pieces of at least `PIECE` columns (whole groups of a dynamic grid wider than a
+        block)."""
         m = nm.m if nm is not None else 1
         g = grid.group_size if grid is not None and not grid.static else None
         fits = [s for s in range(min(SUB, width), 0, -1) if width % s == 0 and s % m == 0]
@@ -139,7 +141,8 @@ class Split:
         else:  # whole groups in a panel
             step = math.lcm(m, g)
             sub = next(s for s in range(step, width + 1, step) if width % s == 0)
-        chunk = -(-n_cols // width // PIECES) * width
+        pieces = max(1, min(PIECES, n_cols // PIECE))
+        chunk = -(-n_cols // width // pieces) * width
         if g is not None and g > width:
             chunk = math.lcm(chunk, g)
         return Split(width, sub, chunk)

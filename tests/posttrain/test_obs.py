@@ -92,7 +92,7 @@ def _swept(w, h, split, frac, nm, grid):
 @pytest.mark.parametrize(
     "width, nm, grid, sparse",
     [
-        (4, None, None, True),  # 18 blocks: pieces of 3 blocks
+        (4, None, None, True),  # 18 blocks in one piece
         (36, lc.prune.NM(2, 4), _obs.Grid(4, False, 6, False), False),  # whole groups per panel
         (24, None, _obs.Grid(3, True, 12, False), False),  # a range per panel or two
         (8, None, _obs.Grid(3, True, 24, False), False),  # groups of three blocks
@@ -106,8 +106,10 @@ def test_sweep_gives_the_same_whatever_the_split(width, nm, grid, sparse):
         frac = jnp.asarray(_obs.fractions(_obs.block_counts(16 * 36, 72, width), 16 * width))
     split = _obs.Split.of(72, width, nm, grid)
     assert split.sub < width or split.chunk > width  # more than one panel or block per piece
+    pieces = _obs.Split(width, split.sub, max(width, 24 // width * width))  # several pieces
     whole = _obs.Split(width, width, 72)  # one panel per block, one piece
-    got, ref = _swept(w, h, split, frac, nm, grid), _swept(w, h, whole, frac, nm, grid)
-    np.testing.assert_array_equal(got[1], ref[1])
-    for a, b in zip(got[::2], ref[::2], strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    ref = _swept(w, h, whole, frac, nm, grid)
+    for got in (_swept(w, h, split, frac, nm, grid), _swept(w, h, pieces, frac, nm, grid)):
+        np.testing.assert_array_equal(got[1], ref[1])
+        for a, b in zip(got[::2], ref[::2], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
