@@ -63,13 +63,6 @@ def test_gptq_with_identity_hessian_is_round_to_nearest():
     np.testing.assert_array_equal(lc.quant.dequantize(qt), rtn)
 
 
-def test_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse():
-    _, _, h = layer_data(9, cols=24)
-    u = np.asarray(_obs.inverse_factor(jnp.asarray(h, jnp.float32)), np.float64)
-    np.testing.assert_allclose(np.triu(u), u)
-    np.testing.assert_allclose(u.T @ u, np.linalg.inv(h.astype(np.float64)), rtol=2e-3, atol=1e-6)
-
-
 @pytest.mark.parametrize("counts, size", [([0, 3, 7, 64], 64), ([1, 262143, 524287], 524288)])
 def test_fractions_give_exact_counts_in_float32(counts, size):
     f = _obs.fractions(np.array(counts), size)
@@ -79,3 +72,44 @@ def test_fractions_give_exact_counts_in_float32(counts, size):
 def test_block_counts_add_up_exactly():
     got = _obs.block_counts(1001, 300, 128)
     assert got.sum() == 1001 and len(got) == 3
+
+
+def _swept(w, h, split, frac, nm, grid):
+    """`_obs.sweep` of one prepared matrix with the given split (static grid ranges per row)."""
+    w, h = _obs.prepare(jnp.asarray(w), jnp.asarray(h), 0.01)
+    lo = hi = gidx = None
+    if grid is not None:
+        n_groups = grid.n_groups(w.shape[1])
+        lo = hi = jnp.zeros((w.shape[0], n_groups), jnp.float32)
+        gidx = jnp.arange(w.shape[1], dtype=jnp.int32) // (grid.group_size or w.shape[1])
+        if grid.static:
+            lo, hi = _obs._static_ranges(w, grid)
+    u = _obs.inverse_factor(h)
+    kw = dict(split=split, n_real=w.shape[1], nm=nm, grid=grid)
+    return _obs.sweep(w, u, frac, lo, hi, gidx, **kw)
+
+
+@pytest.mark.parametrize(
+    "width, nm, grid, sparse",
+    [
+        (4, None, None, True),  # 18 blocks in one piece
+        (36, lc.prune.NM(2, 4), _obs.Grid(4, False, 6, False), False),  # whole groups per panel
+        (24, None, _obs.Grid(3, True, 12, False), False),  # a range per panel or two
+        (8, None, _obs.Grid(3, True, 24, False), False),  # groups of three blocks
+        (72, None, _obs.Grid(4, True, None, True), True),
+    ],
+)
+def test_sweep_gives_the_same_whatever_the_split(width, nm, grid, sparse):
+    w, _, h = layer_data(10, cols=72)
+    frac = None
+    if sparse:
+        frac = jnp.asarray(_obs.fractions(_obs.block_counts(16 * 36, 72, width), 16 * width))
+    split = _obs.Split.of(72, width, nm, grid)
+    assert split.sub < width or split.chunk > width  # more than one panel or block per piece
+    pieces = _obs.Split(width, split.sub, max(width, 24 // width * width))  # several pieces
+    whole = _obs.Split(width, width, 72)  # one panel per block, one piece
+    ref = _swept(w, h, whole, frac, nm, grid)
+    for got in (_swept(w, h, split, frac, nm, grid), _swept(w, h, pieces, frac, nm, grid)):
+        np.testing.assert_array_equal(got[1], ref[1])
+        for a, b in zip(got[::2], ref[::2], strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
