@@ -22,13 +22,14 @@ import lzma
 import math
 import os
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
 from lightcomp.export._bits import pack_bits, unpack_bits
-from lightcomp.export._huffman import huffman_decode, huffman_encode, huffman_lengths
+from lightcomp.export._huffman import huffman_encode, huffman_lengths, huffman_pieces
 
 Candidate = tuple[dict, list[bytes]]  # (spec, blobs)
 CODECS = ("zlib", "lzma")
@@ -233,6 +234,8 @@ def best_ints(sym: np.ndarray, parts: list[bytes], entropy: bool) -> dict:
 def decode_ints(spec: dict, parts: list[bytes], n: int | None = None) -> np.ndarray:
     """The integers a spec of `int_candidates` describes, as int64 ``[n]``.
 
+    The concatenation of `int_chunks`.
+
     Args:
       spec: the stream's spec.
       parts: the leaf's parts.
@@ -243,18 +246,76 @@ def decode_ints(spec: dict, parts: list[bytes], n: int | None = None) -> np.ndar
       ValueError: the stream is corrupted, declares another count, or names an
         unknown coder.
     """
+    chunks = list(int_chunks(spec, parts, n))
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+INT_CHUNK = 1 << 16  # integers decoded at a time by `int_chunks` (a multiple of 8)
+
+
+def int_chunks(spec: dict, parts: list[bytes], n: int | None = None) -> Iterator[np.ndarray]:
+    """The integers of a spec of `int_candidates`, in order, a bounded chunk at a time.
+
+    Fixed-width and zlib / lzma streams come `INT_CHUNK` integers at a time (the
+    compressed ones decompressed piece by piece), Huffman streams
+    `lightcomp.export._huffman.PIECE_BITS` bits at a time, so the work space does not
+    grow with the stream. Declared sizes are checked before anything is decoded.
+
+    Yields:
+      int64 arrays, ``spec["n"]`` integers in all.
+
+    Raises:
+      ValueError: as `decode_ints` (a damaged stream possibly after some chunks).
+    """
     c, count, p = spec["c"], spec["n"], spec["p"]
     if n is not None and count != n:
         raise ValueError(f"corrupted integer stream: {count} values declared, {n} expected")
-    if c == "fixed":
-        return unpack_bits(parts[p], spec["w"], count)
     if c == "huff":
         lengths = unpack_bits(parts[p], 5, spec["k"])
-        return huffman_decode(parts[p + 1], lengths, count, spec["nb"])
-    if c in CODECS:
-        w = spec["w"]
-        if not 0 <= w <= 32 or count < 0:
-            raise ValueError(f"corrupted {c} stream: {count} values of {w} bits")
-        data = decompress(c, parts[p], f"{c} stream", math.ceil(count * w / 8))
-        return unpack_bits(data, w, count)
-    raise ValueError(f"unknown integer coding {c!r}")
+        yield from huffman_pieces(parts[p + 1], lengths, count, spec["nb"])
+        return
+    if c not in ("fixed", *CODECS):
+        raise ValueError(f"unknown integer coding {c!r}")
+    w = spec["w"]
+    if c != "fixed" and (not 0 <= w <= 32 or count < 0):
+        raise ValueError(f"corrupted {c} stream: {count} values of {w} bits")
+    size, step = math.ceil(count * w / 8), INT_CHUNK * w // 8
+    if count <= INT_CHUNK or size == 0 or (c == "fixed" and len(parts[p]) != size):
+        data = parts[p] if c == "fixed" else decompress(c, parts[p], f"{c} stream", size)
+        yield unpack_bits(data, w, count)  # short, or refused with the reason
+        return
+    if c == "fixed":
+        pieces = (parts[p][lo : lo + step] for lo in range(0, size, step))
+    else:
+        pieces = decompressed_pieces(c, parts[p], f"{c} stream", size, step)
+    for i, piece in enumerate(pieces):
+        yield unpack_bits(piece, w, min(INT_CHUNK, count - i * INT_CHUNK))
+
+
+def decompressed_pieces(codec: str, data: bytes, what: str, size: int, piece: int):
+    """`decompress` in pieces of ``piece`` bytes (the last shorter): the same checks.
+
+    Yields:
+      ``bytes``, ``size`` in all; the checks of `decompress` (a damaged stream, another
+      decoded size, trailing bytes) raise after the last piece or where they fail.
+    """
+    if codec == "zlib":
+        d = zlib.decompressobj()
+    else:
+        d = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=LZMA_MEMLIMIT)
+    done, tail = 0, data
+    try:
+        while done < size:
+            out = d.decompress(tail, min(piece, size - done))
+            tail = d.unconsumed_tail if codec == "zlib" else b""
+            done += len(out)
+            if not out:
+                break
+            yield out
+        extra = b"" if d.eof else d.decompress(tail, 1)
+    except (zlib.error, lzma.LZMAError) as e:
+        raise ValueError(f"corrupted {what}") from e
+    rest = d.unconsumed_tail or d.unused_data if codec == "zlib" else d.unused_data
+    if done != size or extra or not d.eof or rest:
+        more = "more than" if extra else f"{done} bytes, not"
+        raise ValueError(f"corrupted {what}: it decodes to {more} the {size} bytes expected")
