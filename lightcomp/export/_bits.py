@@ -64,7 +64,10 @@ def write_codes(sym: np.ndarray, codes: np.ndarray | None, lengths) -> tuple[byt
     """
     n = sym.size
     const = isinstance(lengths, (int, np.integer))
-    total = n * int(lengths) if const else int(lengths[sym].sum(dtype=np.int64)) if n else 0
+    if const:
+        total = n * int(lengths)
+    else:  # summed by chunks: no int64 copy of the stream
+        total = sum(int(lengths[sym[lo : lo + _CHUNK]].sum(dtype=np.int64)) for lo in range(0, n, _CHUNK))
     words = np.zeros(-(-total // 64) + 1, np.uint64)
     base = 0
     for lo in range(0, n, _CHUNK):

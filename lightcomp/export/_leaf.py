@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lightcomp.export._format import bits_of, is_float, same_bits
+from lightcomp.export._format import bits_of, is_float
 from lightcomp.export._positions import decode_positions, encode_positions
 from lightcomp.export._segments import spans
 from lightcomp.export._streams import EXHAUSTIVE_MAX
@@ -90,9 +90,7 @@ def encode_leaf(x: np.ndarray, entropy: bool) -> tuple[dict, list[bytes]]:
         del values
     for _, _, enc, parts in sorted(cands, key=lambda c: c[:2]):
         try:
-            if enc["pos"] is None and _dense_matches(enc, x, parts):
-                return enc, parts
-            if enc["pos"] is not None and same_bits(decode_leaf(enc, shape, x.dtype, parts), x):
+            if (_dense_matches if enc["pos"] is None else _sparse_matches)(enc, x, parts):
                 return enc, parts
         except ValueError:  # a candidate that does not decode is not chosen
             continue
@@ -133,6 +131,45 @@ def _dense_matches(enc: dict, x: np.ndarray, parts: list[bytes]) -> bool:
             return False
         lo = hi
     return lo == x.size
+
+
+def _sparse_matches(enc: dict, x: np.ndarray, parts: list[bytes]) -> bool:
+    """Whether a sparse spec decodes to ``x`` bit for bit, without the decoded leaf.
+
+    The decoded leaf is ``-0`` at the (distinct) negative zeros ``neg``, the values at
+    the other (distinct) positions ``idx``, and ``+0`` elsewhere. So it is ``x`` exactly
+    when ``x`` is ``-0`` at ``neg``, equals the values at ``idx`` outside ``neg``, and
+    has no other non-zero bits: its count of non-zero bit patterns is ``len(neg)`` plus
+    that of the values at ``idx`` outside ``neg``.
+
+    Raises:
+      ValueError: the parts do not decode.
+    """
+    flat, sign = bits_of(x.reshape(-1)), _sign_bit(x.dtype)
+    idx = decode_positions(enc["pos"], x.size, parts)
+    neg = np.zeros(0, np.int64)
+    if enc.get("negz") is not None:
+        neg = decode_positions(enc["negz"], x.size, parts)
+        if not np.all(flat[neg] == sign):
+            return False
+    lo, nonzero = 0, neg.size
+    for values in value_chunks(enc["val"], idx, x.shape, x.dtype, parts):
+        hi = lo + values.size
+        if hi > idx.size:
+            return False
+        at, got = idx[lo:hi], bits_of(values)
+        keep = np.ones(at.size, bool)
+        if neg.size:
+            off = np.minimum(np.searchsorted(neg, at), neg.size - 1)
+            keep = neg[off] != at
+        if not np.array_equal(flat[at[keep]], got[keep]):
+            return False
+        nonzero += int(np.count_nonzero(got[keep]))
+        lo = hi
+    if lo != idx.size:
+        return False
+    total = sum(int(np.count_nonzero(flat[a:b])) for a, b in spans(flat.size))
+    return total == nonzero
 
 
 def decode_leaf(enc: dict, shape: tuple[int, ...], dt: np.dtype, parts: list[bytes]) -> np.ndarray:

@@ -56,7 +56,7 @@ def smallest_gaps(v: np.ndarray, groups) -> np.ndarray:
     pos = np.arange(0, m, max(1, m // _KEY_SAMPLE))
     sample = np.unique(_keys(v[pos], groups.at(pos)))
     cap = max(_CHUNK_MIN, m // 2)
-    nb = max(1, math.ceil(sample.size / pos.size * m / cap))
+    nb = max(1, math.ceil(1.25 * sample.size / pos.size * m / cap))  # with slack
     bounds = [None, *(sample[(i * sample.size) // nb] for i in range(1, nb)), None]
     few = 2 * sample.size <= pos.size
     gap = np.full(k, np.inf)
@@ -100,7 +100,7 @@ def _bucket(v, groups, lo_key, hi_key, cap: int, few: bool) -> np.ndarray:
         if fill + kc.size > buf.size:
             fill = _sort_unique(buf, fill)
             if fill + kc.size > buf.size:  # more distinct keys than the sample showed
-                grown = np.empty(max(2 * buf.size, fill + kc.size), np.uint64)
+                grown = np.empty(max(buf.size * 5 // 4, fill + kc.size), np.uint64)
                 grown[:fill] = buf[:fill]
                 buf = grown
         buf[fill : fill + kc.size] = kc

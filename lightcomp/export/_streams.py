@@ -171,6 +171,17 @@ def int_candidates(sym: np.ndarray, parts: list[bytes], entropy: bool) -> list[C
     return out
 
 
+def histogram(sym: np.ndarray) -> np.ndarray:
+    """``np.bincount(sym)`` by chunks: no int64 copy of a long narrow-int stream."""
+    if sym.size <= INT_CHUNK:
+        return np.bincount(sym)
+    k = int(sym.max()) + 1
+    freq = np.zeros(k, np.int64)
+    for lo in range(0, sym.size, INT_CHUNK):
+        freq += np.bincount(sym[lo : lo + INT_CHUNK], minlength=k)
+    return freq
+
+
 class IntPlan(NamedTuple):
     """How a stream will be coded, and its estimated bytes (exact for fixed and Huffman)."""
 
@@ -198,7 +209,7 @@ def plan_ints(sym: np.ndarray, entropy: bool, freq: np.ndarray | None = None) ->
     if not entropy or n == 0 or width == 0:
         return best
     if width <= 16:
-        freq = np.bincount(sym) if freq is None else freq
+        freq = histogram(sym) if freq is None else freq
         if np.count_nonzero(freq) <= max(n // 4, 2):
             lengths = huffman_lengths(freq)
             huff = -(-int(freq @ lengths) // 8) + -(-len(freq) * 5 // 8)
