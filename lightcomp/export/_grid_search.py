@@ -1,7 +1,7 @@
 """The search for a uniform integer grid ``x = float32(n * scale)`` in a leaf's values.
 
 Every step is a per-group reduction (max, min, any) over the values, so it runs over
-chunks of values in flat order (`lightcomp.export._segments.spans`) and accumulates the per-group results: the
+chunks of values in flat order (`lightcomp.export._segments.spans`: ``max(2**15, m // 256)`` values) and accumulates the per-group results: the
 work space is bounded by a chunk, never a float64 copy of all values. The integers found
 are held as int16 (int32 when a grid needs more). See `find_grid`.
 """

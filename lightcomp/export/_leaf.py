@@ -26,6 +26,7 @@ from lightcomp.export._positions import decode_positions, encode_positions
 from lightcomp.export._segments import spans
 from lightcomp.export._streams import EXHAUSTIVE_MAX
 from lightcomp.export._values import value_candidates, value_chunks
+from lightcomp.export._views import PlusZero, materialized
 
 
 def relocate(spec: Any, by: int) -> Any:
@@ -43,9 +44,9 @@ def _sign_bit(dt: np.dtype) -> np.ndarray:
 def encode_leaf(x: np.ndarray, entropy: bool) -> tuple[dict, list[bytes]]:
     """The smallest verified encoding of one leaf.
 
-    No copy of the leaf is made unless it holds negative zeros (the values are then
-    coded with ``+0`` in their place); a dense leaf's positions are never listed, and a
-    dense candidate is verified chunk by chunk against ``x`` (`_dense_matches`).
+    No copy of the leaf is made: negative zeros are stored apart and the values read
+    with ``+0`` in their place (`lightcomp.export._views.PlusZero`); a dense leaf's
+    positions are never listed; candidates are verified chunk by chunk against ``x``.
 
     Args:
       x: the leaf, any shape and dtype NumPy holds (bfloat16 included).
@@ -60,11 +61,11 @@ def encode_leaf(x: np.ndarray, entropy: bool) -> tuple[dict, list[bytes]]:
     negz_spec, negz_parts = None, []
     if is_float(x.dtype):
         negz = np.flatnonzero(bits_of(flat) == _sign_bit(x.dtype))
+        present = bits_of(flat) != 0
         if negz.size:
             negz_spec = encode_positions(negz, size, negz_parts, entropy)
-            flat = flat.copy()
-            flat[negz] = 0  # +0
-        present = bits_of(flat) != 0
+            present[negz] = False
+            flat = PlusZero(flat)  # read with +0 in place of -0, without a copy
     else:
         present = flat != 0
     count = int(np.count_nonzero(present))
@@ -90,6 +91,7 @@ def encode_leaf(x: np.ndarray, entropy: bool) -> tuple[dict, list[bytes]]:
         del values
     for _, _, enc, parts in sorted(cands, key=lambda c: c[:2]):
         try:
+            parts = materialized(parts)
             if (_dense_matches if enc["pos"] is None else _sparse_matches)(enc, x, parts):
                 return enc, parts
         except ValueError:  # a candidate that does not decode is not chosen

@@ -13,13 +13,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-_CHUNK_MIN = 1 << 16  # values per chunk of a pass, at least (Python overhead stays small)
+_CHUNK_MIN = 1 << 15  # values per chunk of a pass, at least (Python overhead stays small)
 _KEY_SAMPLE = 1 << 14  # values whose keys estimate how many distinct keys a leaf has
 
 
 def spans(m: int) -> Iterator[tuple[int, int]]:
-    """``(lo, hi)`` chunks of ``range(m)``: ``max(2**16, m // 128)`` values each."""
-    step = max(_CHUNK_MIN, m // 128)
+    """``(lo, hi)`` chunks of ``range(m)``: ``max(2**15, m // 256)`` values each."""
+    step = max(_CHUNK_MIN, m // 256)
     for lo in range(0, m, step):
         yield lo, min(lo + step, m)
 
@@ -68,6 +68,7 @@ def smallest_gaps(v: np.ndarray, groups) -> np.ndarray:
                 gap = _gaps_into(gap, np.array([last, keys[0]], np.uint64), k)
             gap = _gaps_into(gap, keys, k)
             last = keys[-1]
+        del keys  # before the next bucket's buffer
     return gap
 
 

@@ -79,7 +79,7 @@ def _zlib_pieces(data: bytes) -> bytes:
     starts = range(0, len(data), ZLIB_PIECE)
     with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
         pieces = list(pool.map(lambda lo: _deflate_piece(view, lo, lo + ZLIB_PIECE), starts))
-    return b"\x78\xda" + b"".join(pieces) + zlib.adler32(data).to_bytes(4, "big")
+    return b"".join([b"\x78\xda", *pieces, zlib.adler32(data).to_bytes(4, "big")])
 
 
 def zlib_estimate(data: bytes, total: int) -> int:
@@ -304,29 +304,56 @@ def int_chunks(spec: dict, parts: list[bytes], n: int | None = None) -> Iterator
 
 
 def decompressed_pieces(codec: str, data: bytes, what: str, size: int, piece: int):
-    """`decompress` in pieces of ``piece`` bytes (the last shorter): the same checks.
+    """`decompress` in pieces of exactly ``piece`` bytes (the last shorter): the same checks.
+
+    The compressed input is fed `_FEED` bytes at a time, so neither the decoder nor its
+    unconsumed input holds a copy of the stream.
 
     Yields:
       ``bytes``, ``size`` in all; the checks of `decompress` (a damaged stream, another
       decoded size, trailing bytes) raise after the last piece or where they fail.
     """
+    buf = bytearray()
+    for out in _inflated(codec, data, what, size, piece):
+        buf += out
+        while len(buf) >= piece:
+            yield bytes(buf[:piece])
+            del buf[:piece]
+    if buf:
+        yield bytes(buf)
+
+
+_FEED = 1 << 16  # compressed bytes given to a decoder at a time
+
+
+def _inflated(codec: str, data: bytes, what: str, size: int, most: int):
+    """The decoded bytes of one stream, at most ``most`` a time, then `decompress`'s checks."""
     if codec == "zlib":
         d = zlib.decompressobj()
     else:
         d = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=LZMA_MEMLIMIT)
-    done, tail = 0, data
+    view, at, done, extra, tail = memoryview(data), 0, 0, b"", b""
     try:
-        while done < size:
-            out = d.decompress(tail, min(piece, size - done))
-            tail = d.unconsumed_tail if codec == "zlib" else b""
-            done += len(out)
-            if not out:
-                break
-            yield out
-        extra = b"" if d.eof else d.decompress(tail, 1)
+        while not d.eof and len(extra) == 0:
+            if codec == "zlib" and d.unconsumed_tail:
+                feed = d.unconsumed_tail
+            elif codec == "lzma" and not d.needs_input:
+                feed = b""
+            elif at < len(view):
+                feed, at = view[at : at + _FEED], at + _FEED
+            else:
+                break  # the input ended before the stream did
+            out = d.decompress(feed, min(most, size - done) if done < size else 1)
+            if done >= size:
+                extra = out
+            else:
+                done += len(out)
+                if out:
+                    yield out
+        tail = view[at:] if at < len(view) else b""
     except (zlib.error, lzma.LZMAError) as e:
         raise ValueError(f"corrupted {what}") from e
-    rest = d.unconsumed_tail or d.unused_data if codec == "zlib" else d.unused_data
+    rest = (d.unconsumed_tail or d.unused_data if codec == "zlib" else d.unused_data) or tail
     if done != size or extra or not d.eof or rest:
         more = "more than" if extra else f"{done} bytes, not"
         raise ValueError(f"corrupted {what}: it decodes to {more} the {size} bytes expected")

@@ -26,6 +26,7 @@ from lightcomp.export._streams import (
     shift,
     zlib_estimate,
 )
+from lightcomp.export._views import LazyBytes, materialized
 
 
 def _sample(v: np.ndarray) -> np.ndarray:
@@ -48,9 +49,12 @@ def narrowest_float(v: np.ndarray) -> np.dtype:
     return v.dtype
 
 
-def _bytes_of(v: np.ndarray) -> memoryview:
-    """The bytes of ``v`` without a copy (a view of a contiguous array): a raw part."""
-    return memoryview(np.ascontiguousarray(v).reshape(-1).view(np.uint8))
+def _raw_part(v, dt: np.dtype) -> memoryview | LazyBytes:
+    """The raw part of ``v`` in ``dt``: a view of an array's bytes (a copy only to narrow
+    it), or bytes made on demand for a `lightcomp.export._views.PlusZero`."""
+    if isinstance(v, np.ndarray):  # a view, or the narrower copy
+        return memoryview(np.ascontiguousarray(v.astype(dt, copy=False)).reshape(-1).view(np.uint8))
+    return LazyBytes(v, dt)
 
 
 def value_candidates(v: np.ndarray, idx: np.ndarray, shape, entropy: bool) -> list[Candidate]:
@@ -62,15 +66,16 @@ def value_candidates(v: np.ndarray, idx: np.ndarray, shape, entropy: bool) -> li
       Beyond `EXHAUSTIVE_MAX` values, a codebook is not tried when a sample already has
       more than half its values distinct, and raw values are only zlib'd, when zlib's
       ratio on a sample (`zlib_estimate`) saves 2% on every other candidate. The raw
-      part is a view of ``v``'s bytes (a memoryview), not a copy.
+      part is a view of ``v``'s bytes, or made on demand (``v`` may be a
+      `lightcomp.export._views.PlusZero`): never a copy held while the others are coded.
     """
     large = v.size > EXHAUSTIVE_MAX
     if not is_float(v.dtype):
-        raw = _bytes_of(v)
+        raw = _raw_part(v, v.dtype)
         cands = [({"val": "raw", "dt": v.dtype.name, "p": 0}, [raw])]
     else:
         dt = narrowest_float(v)
-        raw = _bytes_of(v.astype(dt, copy=False))
+        raw = _raw_part(v, dt)
         cands = [({"val": "raw", "dt": dt.name, "p": 0}, [raw])]
         if v.size <= 2**24:
             cands += _codebook_candidate(v, entropy)
@@ -81,11 +86,12 @@ def value_candidates(v: np.ndarray, idx: np.ndarray, shape, entropy: bool) -> li
         if large:  # zlib'd when its estimate is 2% below every other candidate
             best = min(sum(map(len, blobs)) for _, blobs in cands)
             codecs = ("zlib",) if zlib_estimate(raw[:SAMPLE], len(raw)) < 0.98 * best else ()
+        data = materialized([raw])[0] if codecs else raw
         for codec in codecs:
             cands.append(
                 (
                     {"val": "raw", "dt": cands[0][0]["dt"], "z": codec, "p": 0},
-                    [compress(codec, raw)],
+                    [compress(codec, data)],
                 )
             )
     return cands
@@ -99,17 +105,16 @@ def _codebook_candidate(v: np.ndarray, entropy: bool) -> list[Candidate]:
     """
     if v.size > EXHAUSTIVE_MAX and 2 * np.unique(bits_of(_sample(v))).size > SAMPLE:
         return []
-    b = bits_of(v)
-    uniq = b[:0]
+    uniq = bits_of(v[:0])
     for lo, hi in spans(v.size):
-        uniq = np.union1d(uniq, b[lo:hi])
+        uniq = np.union1d(uniq, bits_of(v[lo:hi]))
         if len(uniq) > 2**16:
             return []
     if len(uniq) >= v.size:
         return []
     inv = np.empty(v.size, np.uint16)
     for lo, hi in spans(v.size):
-        inv[lo:hi] = np.searchsorted(uniq, b[lo:hi])
+        inv[lo:hi] = np.searchsorted(uniq, bits_of(v[lo:hi]))
     book = uniq.view(v.dtype)
     bdt = narrowest_float(book)
     sub: list[bytes] = []
