@@ -35,6 +35,12 @@ def segment(fn: np.ufunc, init: float, values: np.ndarray, ids: np.ndarray, k: i
     return out
 
 
+def sorted_distinct(x: np.ndarray) -> np.ndarray:
+    """``np.unique(x)`` by one sort (faster than its hash path on chunks)."""
+    x = np.sort(x)
+    return x[np.concatenate([[True], x[1:] != x[:-1]])] if x.size else x
+
+
 def _keys(v: np.ndarray, gid: np.ndarray) -> np.ndarray:
     """uint64 ``group << 31 | bits of |v|`` (float32 bits, which sort as the magnitudes do)."""
     bits = np.abs(v.astype(np.float32)).view(np.uint32).astype(np.uint64)
@@ -54,7 +60,7 @@ def smallest_gaps(v: np.ndarray, groups) -> np.ndarray:
     if m == 0:
         return np.full(k, np.inf)
     pos = np.arange(0, m, max(1, m // _KEY_SAMPLE))
-    sample = np.unique(_keys(v[pos], groups.at(pos)))
+    sample = sorted_distinct(_keys(v[pos], groups.at(pos)))
     cap = max(_CHUNK_MIN, m // 2)
     nb = max(1, math.ceil(1.25 * sample.size / pos.size * m / cap))  # with slack
     bounds = [None, *(sample[(i * sample.size) // nb] for i in range(1, nb)), None]
@@ -97,7 +103,7 @@ def _bucket(v, groups, lo_key, hi_key, cap: int, few: bool) -> np.ndarray:
         if hi_key is not None:
             kc = kc[kc < hi_key]
         if few:
-            kc = np.unique(kc)
+            kc = sorted_distinct(kc)
         if fill + kc.size > buf.size:
             fill = _sort_unique(buf, fill)
             if fill + kc.size > buf.size:  # more distinct keys than the sample showed

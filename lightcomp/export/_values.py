@@ -12,7 +12,7 @@ import numpy as np
 
 from lightcomp.export._format import FLOATS, bits_of, dtype_named, is_float, same_bits
 from lightcomp.export._grid import grid_candidates, grid_chunks
-from lightcomp.export._segments import spans
+from lightcomp.export._segments import sorted_distinct, spans
 from lightcomp.export._streams import (
     CODECS,
     EXHAUSTIVE_MAX,
@@ -105,16 +105,21 @@ def _codebook_candidate(v: np.ndarray, entropy: bool) -> list[Candidate]:
     """
     if v.size > EXHAUSTIVE_MAX and 2 * np.unique(bits_of(_sample(v))).size > SAMPLE:
         return []
-    uniq = bits_of(v[:0])
+    uniq, held = bits_of(v[:0]), []
     for lo, hi in spans(v.size):
-        uniq = np.union1d(uniq, bits_of(v[lo:hi]))
-        if len(uniq) > 2**16:
-            return []
+        held.append(sorted_distinct(bits_of(v[lo:hi])))
+        if sum(map(len, held)) > 2**17 or hi == v.size:  # merged now and then
+            uniq = sorted_distinct(np.concatenate([uniq, *held]))
+            held = []
+            if len(uniq) > 2**16:
+                return []
     if len(uniq) >= v.size:
         return []
     inv = np.empty(v.size, np.uint16)
-    for lo, hi in spans(v.size):
-        inv[lo:hi] = np.searchsorted(uniq, bits_of(v[lo:hi]))
+    for lo, hi in spans(v.size):  # sorted queries: a cache-friendly binary search
+        c = bits_of(v[lo:hi])
+        order = np.argsort(c)
+        inv[lo + order] = np.searchsorted(uniq, c[order])
     book = uniq.view(v.dtype)
     bdt = narrowest_float(book)
     sub: list[bytes] = []
