@@ -194,7 +194,7 @@ def _decode_piece(data, start, span, width, tab_sym, tab_len, left) -> tuple[np.
         pos = _doubled_chain(jump, min(left + 1, span))
         pos = pos[pos < span]
     last = int(pos[-1])
-    return tab_sym[window[pos]], start + last + int(tab_len[window[last]])
+    return tab_sym[window[pos]].astype(np.int64), start + last + int(tab_len[window[last]])
 
 
 def _windows(data: bytes, nbits: int, width: int, start: int = 0) -> np.ndarray:
@@ -271,7 +271,9 @@ def _lookup_tables(lengths: np.ndarray, nbits: int, itype=np.int64):
     Windows that start no valid code get the length ``nbits + 1`` (they jump past the end).
 
     Returns:
-      ``(width, tab_sym, tab_len)``: int64 symbols and ``itype`` lengths, ``[2**width]``.
+      ``(width, tab_sym, tab_len)``: int32 symbols and ``itype`` lengths, ``[2**width]``;
+      filled one code length at a time (a canonical code gives the symbols of one
+      length consecutive codes: one block of the tables), with no temporaries.
     """
     codes = canonical_codes(lengths)
     width = int(lengths.max())
@@ -279,12 +281,12 @@ def _lookup_tables(lengths: np.ndarray, nbits: int, itype=np.int64):
     span = np.int64(1) << (width - lengths[used])
     if int(span.sum()) > (1 << width):
         raise ValueError("corrupted Huffman code lengths")
-    tab_sym = np.zeros(1 << width, np.int64)
+    tab_sym = np.zeros(1 << width, np.int32)
     tab_len = np.full(1 << width, nbits + 1, itype)
-    starts = codes[used] << (width - lengths[used])
-    idx = np.repeat(starts, span) + (
-        np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-    )
-    tab_sym[idx] = np.repeat(used, span)
-    tab_len[idx] = np.repeat(lengths[used], span)
+    for ln in np.unique(lengths[used]):
+        syms = used[lengths[used] == ln]  # ascending: consecutive codes
+        sp = 1 << (width - int(ln))
+        lo = int(codes[syms[0]]) * sp
+        tab_sym[lo : lo + syms.size * sp].reshape(syms.size, sp)[:] = syms[:, None]
+        tab_len[lo : lo + syms.size * sp] = ln
     return width, tab_sym, tab_len
