@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -64,7 +65,12 @@ def write_codes(sym: np.ndarray, codes: np.ndarray | None, lengths) -> tuple[byt
     """
     n = sym.size
     const = isinstance(lengths, (int, np.integer))
-    total = n * int(lengths) if const else int(lengths[sym].sum(dtype=np.int64)) if n else 0
+    if const:
+        total = n * int(lengths)
+    else:  # summed by chunks: no int64 copy of the stream
+        total = sum(
+            int(lengths[sym[lo : lo + _CHUNK]].sum(dtype=np.int64)) for lo in range(0, n, _CHUNK)
+        )
     words = np.zeros(-(-total // 64) + 1, np.uint64)
     base = 0
     for lo in range(0, n, _CHUNK):
@@ -84,7 +90,9 @@ def write_codes(sym: np.ndarray, codes: np.ndarray | None, lengths) -> tuple[byt
         words[word[firsts]] += np.add.reduceat(head, firsts)
         spill = np.flatnonzero(~fits)
         words[word[spill] + 1] += c[spill] << (64 + shift[spill]).astype(np.uint64)
-    return words.astype(">u8").tobytes()[: -(-total // 8)], total
+    if sys.byteorder == "little":  # big-endian words, in place: one copy out
+        words.byteswap(inplace=True)
+    return words.view(np.uint8)[: -(-total // 8)].tobytes(), total
 
 
 def unpack_bits(data: bytes, width: int, n: int) -> np.ndarray:

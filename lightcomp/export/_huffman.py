@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -108,12 +109,8 @@ def huffman_encode(sym: np.ndarray, lengths: np.ndarray) -> tuple[bytes, int]:
 def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.ndarray:
     """Decodes ``n`` symbols from a `huffman_encode` stream of ``nbits`` bits.
 
-    No Python loop over the symbols: a table look-up at every bit position gives the
-    symbol and code length starting there; the chain of code starts from bit 0 is then
-    followed by pointer doubling. The declared sizes are checked before anything is
-    allocated (every code word takes at least one bit, so ``n <= nbits``); the work
-    space is about 14 bytes per bit of the stream. Long streams follow the chain in
-    synchronized chunks (`_chunked_chain`), an exact shortcut of the doubling.
+    The concatenation of `huffman_pieces` (see there: no Python loop over the symbols,
+    sizes checked before anything is allocated, a work space bounded by the piece).
 
     Args:
       data: the stream's bytes.
@@ -127,6 +124,34 @@ def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.n
     Raises:
       ValueError: the stream or the code lengths are corrupted.
     """
+    pieces = list(huffman_pieces(data, lengths, n, nbits))
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+PIECE_BITS = 1 << 18  # bits decoded at a time: a work space of ~4 MiB per piece
+
+
+def huffman_pieces(
+    data: bytes, lengths: np.ndarray, n: int, nbits: int, piece: int = PIECE_BITS
+) -> Iterator[np.ndarray]:
+    """The ``n`` symbols of a `huffman_encode` stream, in order, ``piece`` bits at a time.
+
+    No Python loop over the symbols: within a piece, a table look-up at every bit
+    position gives the symbol and code length starting there; the chain of code starts
+    from the piece's first code is then followed by pointer doubling (or in synchronized
+    chunks, `_chunked_chain`, an exact shortcut of it). Each piece starts where the last
+    code of the one before ends, so the work space (about 14 bytes per bit) is bounded
+    by ``piece``, not by the stream. The declared sizes are checked before anything is
+    allocated (every code word takes at least one bit, so ``n <= nbits``); the stream
+    must hold exactly ``n`` codes ending at bit ``nbits``.
+
+    Yields:
+      int64 symbol arrays, ``n`` symbols in all (none when ``n == 0``).
+
+    Raises:
+      ValueError: the stream or the code lengths are corrupted (possibly after some
+        pieces were yielded).
+    """
     if (
         n < 0
         or nbits < 0
@@ -138,29 +163,48 @@ def huffman_decode(data: bytes, lengths: np.ndarray, n: int, nbits: int) -> np.n
     ):
         raise ValueError("corrupted Huffman stream")
     if n == 0:
-        return np.zeros(0, np.int64)
+        yield np.zeros(0, np.int64)
+        return
     itype = np.int32 if 2 * nbits + 2 < 2**31 else np.int64
     width, tab_sym, tab_len = _lookup_tables(lengths, nbits, itype)
-    window = _windows(data, nbits, width)
-    jump = np.arange(nbits, dtype=itype)
+    start, count = 0, 0
+    while start < nbits:
+        span = min(piece, nbits - start)
+        sym, end = _decode_piece(data, start, span, width, tab_sym, tab_len, n - count)
+        count += sym.size
+        if count > n or end > nbits:
+            raise ValueError("corrupted Huffman stream")
+        start = end
+        yield sym
+    if count != n:
+        raise ValueError("corrupted Huffman stream")
+
+
+def _decode_piece(data, start, span, width, tab_sym, tab_len, left) -> tuple[np.ndarray, int]:
+    """The symbols whose codes start in bits ``[start, start + span)``, and where the last ends.
+
+    ``start`` is a code start; a window that starts no valid code jumps past the stream.
+    """
+    window = _windows(data, span, width, start)
+    jump = np.arange(span, dtype=tab_len.dtype)
     jump += tab_len[window]
-    jump = np.append(np.minimum(jump, nbits, out=jump), itype(nbits))
-    pos = _chunked_chain(jump, nbits, n) if nbits >= _CHUNKED_MIN else None
+    jump = np.append(np.minimum(jump, span, out=jump), tab_len.dtype.type(span))
+    pos = _chunked_chain(jump, span, min(left, span)) if span >= _CHUNKED_MIN else None
     if pos is None:
-        pos = _doubled_chain(jump, n)
-    if pos.size != n or pos.max() >= nbits:
-        raise ValueError("corrupted Huffman stream")
-    if int(tab_len[window[pos]].sum(dtype=np.int64)) != nbits:
-        raise ValueError("corrupted Huffman stream")
-    return tab_sym[window[pos]]
+        pos = _doubled_chain(jump, min(left + 1, span))
+        pos = pos[pos < span]
+    last = int(pos[-1])
+    return tab_sym[window[pos]].astype(np.int64), start + last + int(tab_len[window[last]])
 
 
-def _windows(data: bytes, nbits: int, width: int) -> np.ndarray:
-    """int32 ``[nbits]``: the ``width`` (<= 20) bits from each bit position, zero-padded."""
-    b = np.zeros(len(data) + 4, np.uint32)
-    b[: len(data)] = np.frombuffer(data, np.uint8)
+def _windows(data: bytes, nbits: int, width: int, start: int = 0) -> np.ndarray:
+    """int32 ``[nbits]``: the ``width`` (<= 20) bits from each bit ``start + i``, zero-padded."""
+    lo = start >> 3
+    chunk = data[lo : lo + ((start & 7) + nbits + 7) // 8 + 3]
+    b = np.zeros(len(chunk) + 4, np.uint32)
+    b[: len(chunk)] = np.frombuffer(chunk, np.uint8)
     word = (b[:-3] << 24) | (b[1:-2] << 16) | (b[2:-1] << 8) | b[3:]  # 32 bits from each byte
-    p = np.arange(nbits, dtype=np.uint32)
+    p = np.arange(start & 7, (start & 7) + nbits, dtype=np.uint32)
     out = word[p >> 3]
     out <<= p & 7
     out >>= 32 - width
@@ -227,7 +271,9 @@ def _lookup_tables(lengths: np.ndarray, nbits: int, itype=np.int64):
     Windows that start no valid code get the length ``nbits + 1`` (they jump past the end).
 
     Returns:
-      ``(width, tab_sym, tab_len)``: int64 symbols and ``itype`` lengths, ``[2**width]``.
+      ``(width, tab_sym, tab_len)``: int32 symbols and ``itype`` lengths, ``[2**width]``;
+      filled one code length at a time (a canonical code gives the symbols of one
+      length consecutive codes: one block of the tables), with no temporaries.
     """
     codes = canonical_codes(lengths)
     width = int(lengths.max())
@@ -235,12 +281,12 @@ def _lookup_tables(lengths: np.ndarray, nbits: int, itype=np.int64):
     span = np.int64(1) << (width - lengths[used])
     if int(span.sum()) > (1 << width):
         raise ValueError("corrupted Huffman code lengths")
-    tab_sym = np.zeros(1 << width, np.int64)
+    tab_sym = np.zeros(1 << width, np.int32)
     tab_len = np.full(1 << width, nbits + 1, itype)
-    starts = codes[used] << (width - lengths[used])
-    idx = np.repeat(starts, span) + (
-        np.arange(int(span.sum())) - np.repeat(np.cumsum(span) - span, span)
-    )
-    tab_sym[idx] = np.repeat(used, span)
-    tab_len[idx] = np.repeat(lengths[used], span)
+    for ln in np.unique(lengths[used]):
+        syms = used[lengths[used] == ln]  # ascending: consecutive codes
+        sp = 1 << (width - int(ln))
+        lo = int(codes[syms[0]]) * sp
+        tab_sym[lo : lo + syms.size * sp].reshape(syms.size, sp)[:] = syms[:, None]
+        tab_len[lo : lo + syms.size * sp] = ln
     return width, tab_sym, tab_len

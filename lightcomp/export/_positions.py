@@ -16,9 +16,9 @@ import numpy as np
 
 from lightcomp.export._streams import (
     EXHAUSTIVE_MAX,
-    decode_ints,
     encode_plan,
     int_candidates,
+    int_chunks,
     plan_ints,
     smallest,
 )
@@ -97,18 +97,28 @@ def decode_positions(spec: dict, n: int, parts: list[bytes]) -> np.ndarray:
     if spec["pos"] == "mask":
         if spec["s"]["n"] != n:
             raise ValueError(f"corrupted position bitmask: {spec['s']['n']} entries for {n}")
-        sym = decode_ints(spec["s"], parts)
-        if sym.size != n or (sym.size and sym.max() > 1):
+        found, lo = [], 0
+        for sym in int_chunks(spec["s"], parts):  # a chunk at a time: no int64 mask
+            if sym.size and sym.max() > 1:
+                raise ValueError("corrupted position bitmask")
+            found.append(np.flatnonzero(sym) + lo)
+            lo += sym.size
+        if lo != n:
             raise ValueError("corrupted position bitmask")
-        return np.flatnonzero(sym)
+        return found[0] if len(found) == 1 else np.concatenate(found)
     b, m, count = spec["b"], spec["m"], spec["s"]["n"]
     if not 1 <= b <= 16 or not 0 <= m <= n or not m <= count <= m + (n - m) // (2**b - 1):
         raise ValueError("corrupted relative indices")
     top = 2**b - 1
-    sym = decode_ints(spec["s"], parts)
-    is_elem = sym != top
-    advance = np.where(is_elem, sym + 1, top)
-    idx = (np.cumsum(advance) - 1)[is_elem]
+    found, base = [], 0
+    for sym in int_chunks(spec["s"], parts):
+        is_elem = sym != top
+        ends = np.cumsum(np.where(is_elem, sym + 1, top))
+        ends += base
+        if ends.size:
+            base = int(ends[-1])
+        found.append((ends - 1)[is_elem])
+    idx = found[0] if len(found) == 1 else np.concatenate(found)
     if idx.size != m or (idx.size and (idx[-1] >= n or idx[0] < 0)):
         raise ValueError("corrupted relative indices")
     return idx

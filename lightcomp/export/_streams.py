@@ -22,13 +22,14 @@ import lzma
 import math
 import os
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
 from lightcomp.export._bits import pack_bits, unpack_bits
-from lightcomp.export._huffman import huffman_decode, huffman_encode, huffman_lengths
+from lightcomp.export._huffman import huffman_encode, huffman_lengths, huffman_pieces
 
 Candidate = tuple[dict, list[bytes]]  # (spec, blobs)
 CODECS = ("zlib", "lzma")
@@ -78,7 +79,7 @@ def _zlib_pieces(data: bytes) -> bytes:
     starts = range(0, len(data), ZLIB_PIECE)
     with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
         pieces = list(pool.map(lambda lo: _deflate_piece(view, lo, lo + ZLIB_PIECE), starts))
-    return b"\x78\xda" + b"".join(pieces) + zlib.adler32(data).to_bytes(4, "big")
+    return b"".join([b"\x78\xda", *pieces, zlib.adler32(data).to_bytes(4, "big")])
 
 
 def zlib_estimate(data: bytes, total: int) -> int:
@@ -170,6 +171,17 @@ def int_candidates(sym: np.ndarray, parts: list[bytes], entropy: bool) -> list[C
     return out
 
 
+def histogram(sym: np.ndarray) -> np.ndarray:
+    """``np.bincount(sym)`` by chunks: no int64 copy of a long narrow-int stream."""
+    if sym.size <= INT_CHUNK:
+        return np.bincount(sym)
+    k = int(sym.max()) + 1
+    freq = np.zeros(k, np.int64)
+    for lo in range(0, sym.size, INT_CHUNK):
+        freq += np.bincount(sym[lo : lo + INT_CHUNK], minlength=k)
+    return freq
+
+
 class IntPlan(NamedTuple):
     """How a stream will be coded, and its estimated bytes (exact for fixed and Huffman)."""
 
@@ -197,7 +209,7 @@ def plan_ints(sym: np.ndarray, entropy: bool, freq: np.ndarray | None = None) ->
     if not entropy or n == 0 or width == 0:
         return best
     if width <= 16:
-        freq = np.bincount(sym) if freq is None else freq
+        freq = histogram(sym) if freq is None else freq
         if np.count_nonzero(freq) <= max(n // 4, 2):
             lengths = huffman_lengths(freq)
             huff = -(-int(freq @ lengths) // 8) + -(-len(freq) * 5 // 8)
@@ -233,6 +245,8 @@ def best_ints(sym: np.ndarray, parts: list[bytes], entropy: bool) -> dict:
 def decode_ints(spec: dict, parts: list[bytes], n: int | None = None) -> np.ndarray:
     """The integers a spec of `int_candidates` describes, as int64 ``[n]``.
 
+    The concatenation of `int_chunks`.
+
     Args:
       spec: the stream's spec.
       parts: the leaf's parts.
@@ -243,18 +257,103 @@ def decode_ints(spec: dict, parts: list[bytes], n: int | None = None) -> np.ndar
       ValueError: the stream is corrupted, declares another count, or names an
         unknown coder.
     """
+    chunks = list(int_chunks(spec, parts, n))
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+INT_CHUNK = 1 << 16  # integers decoded at a time by `int_chunks` (a multiple of 8)
+
+
+def int_chunks(spec: dict, parts: list[bytes], n: int | None = None) -> Iterator[np.ndarray]:
+    """The integers of a spec of `int_candidates`, in order, a bounded chunk at a time.
+
+    Fixed-width and zlib / lzma streams come `INT_CHUNK` integers at a time (the
+    compressed ones decompressed piece by piece), Huffman streams
+    `lightcomp.export._huffman.PIECE_BITS` bits at a time, so the work space does not
+    grow with the stream. Declared sizes are checked before anything is decoded.
+
+    Yields:
+      int64 arrays, ``spec["n"]`` integers in all.
+
+    Raises:
+      ValueError: as `decode_ints` (a damaged stream possibly after some chunks).
+    """
     c, count, p = spec["c"], spec["n"], spec["p"]
     if n is not None and count != n:
         raise ValueError(f"corrupted integer stream: {count} values declared, {n} expected")
-    if c == "fixed":
-        return unpack_bits(parts[p], spec["w"], count)
     if c == "huff":
         lengths = unpack_bits(parts[p], 5, spec["k"])
-        return huffman_decode(parts[p + 1], lengths, count, spec["nb"])
-    if c in CODECS:
-        w = spec["w"]
-        if not 0 <= w <= 32 or count < 0:
-            raise ValueError(f"corrupted {c} stream: {count} values of {w} bits")
-        data = decompress(c, parts[p], f"{c} stream", math.ceil(count * w / 8))
-        return unpack_bits(data, w, count)
-    raise ValueError(f"unknown integer coding {c!r}")
+        yield from huffman_pieces(parts[p + 1], lengths, count, spec["nb"])
+        return
+    if c not in ("fixed", *CODECS):
+        raise ValueError(f"unknown integer coding {c!r}")
+    w = spec["w"]
+    if c != "fixed" and (not 0 <= w <= 32 or count < 0):
+        raise ValueError(f"corrupted {c} stream: {count} values of {w} bits")
+    size, step = math.ceil(count * w / 8), INT_CHUNK * w // 8
+    if count <= INT_CHUNK or size == 0 or (c == "fixed" and len(parts[p]) != size):
+        data = parts[p] if c == "fixed" else decompress(c, parts[p], f"{c} stream", size)
+        yield unpack_bits(data, w, count)  # short, or refused with the reason
+        return
+    if c == "fixed":
+        pieces = (parts[p][lo : lo + step] for lo in range(0, size, step))
+    else:
+        pieces = decompressed_pieces(c, parts[p], f"{c} stream", size, step)
+    for i, piece in enumerate(pieces):
+        yield unpack_bits(piece, w, min(INT_CHUNK, count - i * INT_CHUNK))
+
+
+def decompressed_pieces(codec: str, data: bytes, what: str, size: int, piece: int):
+    """`decompress` in pieces of exactly ``piece`` bytes (the last shorter): the same checks.
+
+    The compressed input is fed `_FEED` bytes at a time, so neither the decoder nor its
+    unconsumed input holds a copy of the stream.
+
+    Yields:
+      ``bytes``, ``size`` in all; the checks of `decompress` (a damaged stream, another
+      decoded size, trailing bytes) raise after the last piece or where they fail.
+    """
+    buf = bytearray()
+    for out in _inflated(codec, data, what, size, piece):
+        buf += out
+        while len(buf) >= piece:
+            yield bytes(buf[:piece])
+            del buf[:piece]
+    if buf:
+        yield bytes(buf)
+
+
+_FEED = 1 << 16  # compressed bytes given to a decoder at a time
+
+
+def _inflated(codec: str, data: bytes, what: str, size: int, most: int):
+    """The decoded bytes of one stream, at most ``most`` a time, then `decompress`'s checks."""
+    if codec == "zlib":
+        d = zlib.decompressobj()
+    else:
+        d = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=LZMA_MEMLIMIT)
+    view, at, done, extra, tail = memoryview(data), 0, 0, b"", b""
+    try:
+        while not d.eof and len(extra) == 0:
+            if codec == "zlib" and d.unconsumed_tail:
+                feed = d.unconsumed_tail
+            elif codec == "lzma" and not d.needs_input:
+                feed = b""
+            elif at < len(view):
+                feed, at = view[at : at + _FEED], at + _FEED
+            else:
+                break  # the input ended before the stream did
+            out = d.decompress(feed, min(most, size - done) if done < size else 1)
+            if done >= size:
+                extra = out
+            else:
+                done += len(out)
+                if out:
+                    yield out
+        tail = view[at:] if at < len(view) else b""
+    except (zlib.error, lzma.LZMAError) as e:
+        raise ValueError(f"corrupted {what}") from e
+    rest = (d.unconsumed_tail or d.unused_data if codec == "zlib" else d.unused_data) or tail
+    if done != size or extra or not d.eof or rest:
+        more = "more than" if extra else f"{done} bytes, not"
+        raise ValueError(f"corrupted {what}: it decodes to {more} the {size} bytes expected")
