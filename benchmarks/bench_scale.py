@@ -19,10 +19,11 @@ the one that compiles):
 Then the ``make_step`` compile time (trace + XLA compile) against the number of layers, for
 an MLP written as a Python loop of Dense layers and for the same MLP as ``nn.scan``.
 
-Times are wall clock and, beside them, process CPU time: this 2-core machine is shared,
-and the CPU-time rate is what the op costs on idle cores (pack and unpack run on one core
-except zlib pieces). Targets (issue 15): pack >= 20M weights/s, unpack >= 50M weights/s,
-peak memory above the parameters <= 2x their float32 bytes while packing.
+Times are wall clock and, beside them, process CPU time (this 2-core machine is shared:
+read the load average printed at the end). Targets (issue 15), judged on wall time (the
+machine's 2 cores; long zlib streams are deflated on both): pack >= 20M weights/s, unpack
+>= 50M weights/s; peak memory above the parameters <= 2x their float32 bytes while
+packing, at every size.
 
 Usage::
 
@@ -67,14 +68,13 @@ def _status(field: str) -> int:
 def measure(fn, *args, host: bool = False):
     """``(result, wall s, cpu s, peak bytes above the memory held before)``.
 
-    ``host``: a NumPy / bytes op (pack, unpack, save, load), whose peak is traced by
-    ``tracemalloc`` (NumPy reports its buffers to it): exact, and blind to memory freed
-    before and reused. Otherwise (JAX ops, whose buffers tracemalloc does not see) the rise
-    of the resident set's high-water mark, a lower bound when freed memory is reused.
+    ``host``: a NumPy / bytes op (pack, unpack, save, load). It runs twice: once timed, then
+    once with its peak traced by ``tracemalloc`` (NumPy reports its buffers to it: exact,
+    and blind to memory freed before and reused), because tracing slows every allocation
+    (pack ran 1.7x slower traced). Otherwise (JAX ops, whose buffers tracemalloc does not
+    see) one timed run and the rise of the resident set's high-water mark, a lower bound
+    when freed memory is reused.
     """
-    if host:
-        tracemalloc.start()
-        start = tracemalloc.get_traced_memory()[0]
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to VmRSS
     except OSError:
@@ -83,11 +83,15 @@ def measure(fn, *args, host: bool = False):
     t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(fn(*args))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    if host:
-        peak = tracemalloc.get_traced_memory()[1] - start
-        tracemalloc.stop()
-        return out, wall, cpu, peak
-    return out, wall, cpu, max(0, _status("VmHWM") - before)
+    if not host:
+        return out, wall, cpu, max(0, _status("VmHWM") - before)
+    del out
+    tracemalloc.start()
+    start = tracemalloc.get_traced_memory()[0]
+    out = fn(*args)
+    peak = tracemalloc.get_traced_memory()[1] - start
+    tracemalloc.stop()
+    return out, wall, cpu, peak
 
 
 LAYER_MASKS = jax.jit(lambda s: lc.prune.masks(s, 0.9))
@@ -228,8 +232,8 @@ def report(results: list[dict], compiles: list[tuple], quick: bool) -> None:
         wall, cpu = big["weights"] / rr["wall"] / 1e6, big["weights"] / rr["cpu"] / 1e6
         target = ""
         if name in TARGETS:
-            ok = cpu * 1e6 >= TARGETS[name]
-            target = f">= {TARGETS[name] / 1e6:.0f}M/s: {'met' if ok else 'MISSED'} (CPU)"
+            ok = wall * 1e6 >= TARGETS[name]  # the machine's 2 cores: zlib pieces use both
+            target = f">= {TARGETS[name] / 1e6:.0f}M/s: {'met' if ok else 'MISSED'} (wall)"
         if name == "pack":
             ok = max(r["rows"]["pack"]["peak"] for r in results) <= MEMORY_TARGET
             target += f"; memory <= 2x: {'met' if ok else 'MISSED'}"
@@ -239,12 +243,13 @@ def report(results: list[dict], compiles: list[tuple], quick: bool) -> None:
         xs, [r["rows"]["pack"]["wall"] for r in results]
     )
     print(f"\n1B weights, extrapolated (not measured): pack ~{pack_s / 60:.1f} min wall here.")
-    print("\n### Per size (wall seconds; bits per packed weight)\n")
-    print("| weights | " + " | ".join(names) + " | bits/weight |")
-    print("|---|" + "---|" * (len(names) + 1))
+    print("\n### Per size (wall seconds; bits per packed weight; pack's peak x f32 bytes)\n")
+    print("| weights | " + " | ".join(names) + " | bits/weight | pack peak |")
+    print("|---|" + "---|" * (len(names) + 2))
     for r in results:
         cells = " | ".join(f"{r['rows'][n]['wall']:.2f}" for n in names)
-        print(f"| {r['weights'] / 1e6:.2f}M | {cells} | {r['bits/weight']:.3f} |")
+        peak = r["rows"]["pack"]["peak"]
+        print(f"| {r['weights'] / 1e6:.2f}M | {cells} | {r['bits/weight']:.3f} | {peak:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
